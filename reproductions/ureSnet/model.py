@@ -1,0 +1,184 @@
+"""U-ReSNet (Estienne et al., MICCAI 2019) and its registration-only ablation.
+
+Architecture (paper §3.1-3.4 and Fig. 1; widths the paper leaves open follow
+the released code TheoEst/coupling_registration_segmentation, see the
+reproduction's README, "Fidelity"):
+
+* input: moving M and reference R, concatenated, ``(batch, X, Y, Z, 2)``;
+  spatial sizes must be multiples of 4 (two stride-2 levels);
+* input block (released code; paper silent): 3x3x3 conv, 4 channels,
+  LeakyReLU, plus the input tiled to 4 channels (residual);
+* shared encoder, 2 blocks of 8 and 16 channels (§3.4): a 2x2x2 stride-2
+  convolution then a 3x3x3 convolution, each followed by LeakyReLU;
+* two decoders with the same structure (§3.2, §3.4), one for registration, one
+  for segmentation: 2x2x2 stride-2 transposed convolution (half the channels) +
+  LeakyReLU, concatenation with the skip connection, 3x3x3 convolution +
+  LeakyReLU, residual addition (released code), giving 16 then 8 channels;
+* deformable block (§3.4): three 3x3x3 convolutions (8, 8, 3 channels; the last
+  initialised to zero, §4) and the sigmoid, ``2*sigmoid`` giving the spatial
+  gradients (identity = 1), integrated by cumulative sums into the sampling
+  grid Phi (§3.1, Christodoulidis et al. 2018);
+* affine block (§3.4): global average pooling + Dense(12) initialised to zero
+  (§4), ``A = I + Delta``; composed with the grid, ``Phi x A`` (eq. 1);
+* warp: backward trilinear sampling with border clamping (eq. 1);
+* segmentation block (§3.4): three 3x3x3 convolutions (8, 8, 4 channels) then
+  softmax over background + 3 classes (released code; the paper's sentence
+  says "followed by a sigmoid activation" for both blocks);
+* warped segmentation ``R_seg_hat = W(M_seg_hat, Phi x A)`` (eq. 3).
+
+Parameters: 39,183 for U-ReSNet and 24,631 for the registration-only network
+(< 40,000, §3.4), checked by ``tests/test_ureSnet_model.py``.
+
+Regularisers of eq. 5 are activity regularisers (alpha ||A - A_I||_1 on the
+12 affine outputs, beta ||grad Phi - grad Phi_I||_1 on the spatial gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+from regseg.layers import (AffineComposition, CumulativeSumGrid, L1ToValue,
+                           PositiveGradients, SpatialTransformer)
+
+#: encoder channels: input block, encoder block 1, encoder block 2 (§3.4: 8, 16)
+CHANNELS = (4, 8, 16)
+#: LeakyReLU slope: Keras 2 default used by the released code (paper: "LeakyReLu")
+LEAKY_SLOPE = 0.3
+
+
+@dataclass(frozen=True)
+class UReSNetConfig:
+    """Hyper-parameters of U-ReSNet; defaults are the paper's.
+
+    Attributes:
+        input_shape: spatial shape ``(X, Y, Z)`` in voxels (multiples of 4).
+        segmentation: True for U-ReSNet; False for the registration-only
+            network of Christodoulidis et al. (the same registration branch,
+            no segmentation decoder, trained without eq. 6).
+        n_classes: foreground segmentation classes (3: CeblWM, CeblC, LV; §4).
+        alpha: weight of ||A - A_I||_1 (eq. 5; 0.1).
+        beta: weight of ||grad Phi - grad Phi_I||_1 (eq. 5; 1e-11).
+        grid_origin: "zero" (paper-correct identity) or "one" (released code's
+            one-voxel shift), see ``regseg.layers.sampling_grids``.
+        affine_centre: "corner" (released code) or "centre".
+    """
+
+    input_shape: tuple = (80, 104, 88)
+    segmentation: bool = True
+    n_classes: int = 3
+    alpha: float = 0.1
+    beta: float = 1e-11
+    grid_origin: str = "zero"
+    affine_centre: str = "corner"
+
+
+def _conv(x, channels, kernel, name, strides=1, padding="same"):
+    x = layers.Conv3D(channels, kernel, strides=strides, padding=padding, name=name)(x)
+    return layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_lrelu")(x)
+
+
+def _encoder_block(x, channels, name):
+    """§3.4: 2x2x2 stride-2 convolution then 3x3x3 convolution, LeakyReLU after each."""
+    x = _conv(x, channels, 2, f"{name}_down", strides=2, padding="valid")
+    return _conv(x, channels, 3, f"{name}_conv")
+
+
+def _decoder_block(x, skip, channels, name):
+    """Transposed 2x2x2 stride-2 conv, skip concatenation, 3x3x3 conv, residual add."""
+    up = layers.Conv3DTranspose(channels // 2, 2, strides=2, padding="valid", name=f"{name}_up")(x)
+    up = layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_up_lrelu")(up)
+    cat = layers.Concatenate(name=f"{name}_cat")([up, skip])
+    out = _conv(cat, channels, 3, f"{name}_conv")
+    return layers.Add(name=f"{name}_add")([out, cat])
+
+
+def _decoder(skips, name):
+    enc0, enc1, enc2 = skips
+    x = _decoder_block(enc2, enc1, CHANNELS[2], f"{name}1")
+    return _decoder_block(x, enc0, CHANNELS[1], f"{name}2")
+
+
+def build_ureSnet(config: UReSNetConfig = UReSNetConfig()):
+    """Build U-ReSNet (or the registration-only network) as two Keras models.
+
+    Args:
+        config: :class:`UReSNetConfig`.
+    Returns:
+        ``(train_model, full_model)`` sharing weights.  Inputs of both: a dict
+        ``{"moving": (B, X, Y, Z, 1), "reference": (B, X, Y, Z, 1)}``.
+        ``train_model`` outputs only the loss-bearing tensors:
+        ``deformed`` (B, X, Y, Z, 1) and, with segmentation, ``moving_seg`` and
+        ``warped_seg`` (B, X, Y, Z, n_classes + 1, softmax probabilities).
+        ``full_model`` adds ``grid`` (B, X, Y, Z, 3; sampling coordinates in
+        voxels of the moving image), ``affine`` (B, 12; Delta = A - I) and
+        ``gradients`` (B, X, Y, Z, 3; spatial gradients of the grid).
+    Raises:
+        ValueError: spatial sizes not multiples of 4.
+    """
+    shape = tuple(int(s) for s in config.input_shape)
+    if len(shape) != 3 or any(s % 4 for s in shape):
+        raise ValueError(f"input_shape must be 3 sizes, multiples of 4; got {shape}")
+    moving = keras.Input((*shape, 1), name="moving")
+    reference = keras.Input((*shape, 1), name="reference")
+    x = layers.Concatenate(name="pair")([moving, reference])
+
+    # input block (released code): conv + LeakyReLU, plus the tiled input
+    enc0 = _conv(x, CHANNELS[0], 3, "input")
+    tiled = layers.Concatenate(name="input_tile")([x] * (CHANNELS[0] // 2))
+    enc0 = layers.Add(name="input_add")([enc0, tiled])
+    enc1 = _encoder_block(enc0, CHANNELS[1], "enc1")
+    enc2 = _encoder_block(enc1, CHANNELS[2], "enc2")
+    skips = (enc0, enc1, enc2)
+
+    # registration decoder, deformable and affine blocks (§3.1, §3.4)
+    reg = _decoder(skips, "regdec")
+    d = _conv(reg, CHANNELS[1], 3, "deform1")
+    d = _conv(d, CHANNELS[1], 3, "deform2")
+    d = layers.Conv3D(3, 3, padding="same", kernel_initializer="zeros",
+                      bias_initializer="zeros", name="deform3")(d)
+    gradients = PositiveGradients(
+        activity_regularizer=L1ToValue(config.beta, 1.0), name="gradients")(d)
+    grid = CumulativeSumGrid(origin=config.grid_origin, name="deformable_grid")(gradients)
+    pooled = layers.GlobalAveragePooling3D(name="affine_pool")(reg)
+    affine = layers.Dense(12, kernel_initializer="zeros", bias_initializer="zeros",
+                          activity_regularizer=L1ToValue(config.alpha, 0.0),
+                          name="affine")(pooled)
+    grid = AffineComposition(centre=config.affine_centre, name="grid")([affine, grid])
+    deformed = SpatialTransformer(name="deformed")([moving, grid])
+
+    outputs = {"deformed": deformed}
+    extra = {"grid": grid, "affine": affine, "gradients": gradients}
+    if config.segmentation:
+        seg = _decoder(skips, "segdec")
+        s = _conv(seg, CHANNELS[1], 3, "seg1")
+        s = _conv(s, CHANNELS[1], 3, "seg2")
+        moving_seg = layers.Conv3D(config.n_classes + 1, 3, padding="same",
+                                   activation="softmax", name="moving_seg")(s)
+        warped_seg = SpatialTransformer(name="warped_seg")([moving_seg, grid])
+        outputs.update(moving_seg=moving_seg, warped_seg=warped_seg)
+    name = "ureSnet" if config.segmentation else "registration_only"
+    inputs = {"moving": moving, "reference": reference}
+    train_model = keras.Model(inputs, outputs, name=name)
+    full_model = keras.Model(inputs, {**outputs, **extra}, name=f"{name}_full")
+    return train_model, full_model
+
+
+def losses_and_weights(config: UReSNetConfig, w1=1.0, w2=1.0, gamma=1.0, delta=1.0):
+    """Loss dict and weights of eq. 7: ``w1 (L_recon + L_reg) + w2 L_seg``.
+
+    ``L_reg`` (eq. 5) lives in the activity regularisers of the model (their
+    weights alpha, beta are scaled by w1 here only if w1 != 1: build the model
+    with ``alpha * w1``, ``beta * w1``).  Returns ``(loss, loss_weights)`` for
+    ``model.compile``.
+    """
+    from regseg.layers import ReconstructionLoss, SoftDiceLoss
+
+    loss = {"deformed": ReconstructionLoss(mse_weight=1.0, lcc_weight=1.0, window=9)}
+    weights = {"deformed": w1}
+    if config.segmentation:
+        loss.update(moving_seg=SoftDiceLoss(), warped_seg=SoftDiceLoss())
+        weights.update(moving_seg=w2 * gamma, warped_seg=w2 * delta)
+    return loss, weights
