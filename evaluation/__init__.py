@@ -1,0 +1,59 @@
+"""Evaluation tools: metrics, result tables and qualitative figures.
+
+NumPy / SciPy / pandas / matplotlib only (no TensorFlow). Metric conventions
+follow ``/work/shared/papers/metric-conventions.md``; see each docstring for
+the unit (voxels or mm) and the source.
+"""
+
+from .metrics import (
+    L2R_TRE_INTERPOLATION,
+    dice,
+    folding_fraction,
+    hausdorff_distance,
+    hd95,
+    jacobian_determinant,
+    sd_log_jacobian,
+    surface_distances,
+    tre,
+    worst_fraction_mean,
+)
+from .tables import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_text,
+    comparison_table,
+    format_mean_std,
+    git_commit,
+    read_result_csv,
+    summarise,
+    to_markdown,
+    write_result_table,
+)
+from .figures import DEFAULT_SEG_COLOURS, mid_slices, registration_figure, segmentation_figure
+
+__all__ = [
+    "L2R_TRE_INTERPOLATION",
+    "dice",
+    "folding_fraction",
+    "hausdorff_distance",
+    "hd95",
+    "jacobian_determinant",
+    "sd_log_jacobian",
+    "surface_distances",
+    "tre",
+    "worst_fraction_mean",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_text",
+    "comparison_table",
+    "format_mean_std",
+    "git_commit",
+    "read_result_csv",
+    "summarise",
+    "to_markdown",
+    "write_result_table",
+    "DEFAULT_SEG_COLOURS",
+    "mid_slices",
+    "registration_figure",
+    "segmentation_figure",
+]

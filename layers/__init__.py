@@ -6,7 +6,7 @@ Every layer is registered for Keras serialisation under the package name
 
 from .affine import AffineComposition, affine_matrix, apply_affine_to_grid
 from .cost_volume import CostVolume, cost_volume
-from .losses import (L1ToValue, ReconstructionLoss, SoftDiceLoss, box_sum,
+from .losses import (L1ActivityPenalty, L1ToValue, ReconstructionLoss, SoftDiceLoss, box_sum,
                      local_cross_correlation, soft_dice)
 from .sampling_grids import CumulativeSumGrid, PositiveGradients, cumulative_sum_grid
 from .spatial_transformer import SpatialTransformer, identity_grid, warp
@@ -14,7 +14,7 @@ from .spatial_transformer import SpatialTransformer, identity_grid, warp
 __all__ = [
     "AffineComposition", "affine_matrix", "apply_affine_to_grid",
     "CostVolume", "cost_volume",
-    "L1ToValue", "ReconstructionLoss", "SoftDiceLoss", "box_sum",
+    "L1ActivityPenalty", "L1ToValue", "ReconstructionLoss", "SoftDiceLoss", "box_sum",
     "local_cross_correlation", "soft_dice",
     "CumulativeSumGrid", "PositiveGradients", "cumulative_sum_grid",
     "SpatialTransformer", "identity_grid", "warp",

@@ -12,7 +12,7 @@ Sources
   LCC(R, W(M, D))`` -> :class:`ReconstructionLoss` (MSE + local
   cross-correlation, window 9 as in the released code).
 * eq. 5: ``alpha ||A - A_I||_1 + beta ||grad Phi - grad Phi_I||_1`` ->
-  :class:`L1ToValue` activity regulariser (alpha = 0.1 on the 12 affine outputs
+  :class:`L1ActivityPenalty` layer (alpha = 0.1 on the 12 affine outputs
   Delta = A - A_I, beta = 1e-11 on the spatial gradients, identity value 1).
 * eq. 6: ``gamma Dice(M_seg_hat, M_seg) + delta Dice(R_seg_hat, R_seg)`` ->
   :class:`SoftDiceLoss` (V-Net / Milletari et al. 2016 soft Dice, 1 - Dice).
@@ -70,9 +70,10 @@ def local_cross_correlation(y_true, y_pred, window=9, eps=1e-5):
     window 9, eps 1e-5).
 
     Args:
-        y_true, y_pred: ``(batch, *spatial, 1)`` images.
+        y_true, y_pred: ``(batch, *spatial, C)`` images (usually ``C = 1``);
+            each channel is correlated with the same channel.
     Returns:
-        ``(batch, *spatial, 1)`` map.
+        ``(batch, *spatial, C)`` map.
     """
     y_true = ops.cast(y_true, y_pred.dtype)
     ndim = len(y_pred.shape) - 2
@@ -80,7 +81,8 @@ def local_cross_correlation(y_true, y_pred, window=9, eps=1e-5):
     stacked = ops.concatenate(
         [y_true, y_pred, y_true * y_true, y_pred * y_pred, y_true * y_pred], axis=-1)
     sums = box_sum(stacked, window)
-    i_sum, j_sum, i2_sum, j2_sum, ij_sum = (sums[..., k:k + 1] for k in range(5))
+    # five blocks of C channels each (slicing single channels mixed them up when C > 1)
+    i_sum, j_sum, i2_sum, j2_sum, ij_sum = ops.split(sums, 5, axis=-1)
     u_i = i_sum / n
     u_j = j_sum / n
     cross = ij_sum - u_j * i_sum - u_i * j_sum + u_i * u_j * n
@@ -182,14 +184,12 @@ class SoftDiceLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="regseg")
 class L1ToValue(keras.regularizers.Regularizer):
-    """Activity regulariser ``weight * mean_batch( sum |x - value| )``.
+    """Regulariser ``weight * sum |x - value|`` (an L1 norm about ``value``).
 
-    The L1 norm is taken over all non-batch elements of each sample and
-    averaged over the (per-replica) batch, so its value does not depend on the
-    batch size nor on the number of replicas.  U-ReSNet eq. 5: with
-    ``value=0`` on the affine outputs Delta it is ``alpha ||A - A_I||_1``
-    (alpha = 0.1); with ``value=1`` on the spatial gradients it is
-    ``beta ||grad Phi - grad Phi_I||_1`` (beta = 1e-11).
+    As a *weight* regulariser the value is used as is.  As an *activity*
+    regulariser, recent Keras 3 releases divide it by the batch size while
+    older ones do not; models in this suite therefore use
+    :class:`L1ActivityPenalty`, whose normalisation is explicit.
     """
 
     def __init__(self, weight, value=0.0):
@@ -197,8 +197,41 @@ class L1ToValue(keras.regularizers.Regularizer):
         self.value = float(value)
 
     def __call__(self, x):
-        batch = ops.cast(ops.shape(x)[0], x.dtype)
-        return self.weight * ops.sum(ops.abs(x - self.value)) / batch
+        return self.weight * ops.sum(ops.abs(ops.cast(x, "float32") - self.value))
 
     def get_config(self):
         return {"weight": self.weight, "value": self.value}
+
+
+@keras.saving.register_keras_serializable(package="regseg")
+class L1ActivityPenalty(keras.layers.Layer):
+    """Identity layer adding ``weight * mean_batch( sum |x - value| )`` to the model's losses.
+
+    The L1 norm is taken over all non-batch elements of each sample and
+    averaged over the (per-replica) batch, so its value depends neither on the
+    batch size nor on the number of replicas.  U-ReSNet eq. 5: with
+    ``value=0`` on the 12 affine outputs Delta it is ``alpha ||A - A_I||_1``
+    (alpha = 0.1); with ``value=1`` on the spatial gradients it is
+    ``beta ||grad Phi - grad Phi_I||_1`` (beta = 1e-11).
+
+    Input/output: any ``(batch, ...)`` tensor, returned unchanged.
+    """
+
+    def __init__(self, weight, value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = float(weight)
+        self.value = float(value)
+
+    def call(self, x):
+        if self.weight:
+            batch = ops.cast(ops.shape(x)[0], x.dtype)
+            self.add_loss(self.weight * ops.sum(ops.abs(x - self.value)) / batch)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weight=self.weight, value=self.value)
+        return config

@@ -72,6 +72,12 @@ class PositiveGradients(keras.layers.Layer):
     def call(self, x):
         return 2.0 * ops.sigmoid(x)
 
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config()
+
 
 @keras.saving.register_keras_serializable(package="regseg")
 class CumulativeSumGrid(keras.layers.Layer):

@@ -29,7 +29,7 @@ reproduction's README, "Fidelity"):
 Parameters: 39,183 for U-ReSNet and 24,631 for the registration-only network
 (< 40,000, §3.4), checked by ``tests/test_ureSnet_model.py``.
 
-Regularisers of eq. 5 are activity regularisers (alpha ||A - A_I||_1 on the
+Regularisers of eq. 5 are explicit L1 penalty layers (alpha ||A - A_I||_1 on the
 12 affine outputs, beta ||grad Phi - grad Phi_I||_1 on the spatial gradients).
 """
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from regseg.layers import (AffineComposition, CumulativeSumGrid, L1ToValue,
+from regseg.layers import (AffineComposition, CumulativeSumGrid, L1ActivityPenalty,
                            PositiveGradients, SpatialTransformer)
 
 #: encoder channels: input block, encoder block 1, encoder block 2 (§3.4: 8, 16)
@@ -139,13 +139,13 @@ def build_ureSnet(config: UReSNetConfig = UReSNetConfig()):
     d = _conv(d, CHANNELS[1], 3, "deform2")
     d = layers.Conv3D(3, 3, padding="same", kernel_initializer="zeros",
                       bias_initializer="zeros", name="deform3")(d)
-    gradients = PositiveGradients(
-        activity_regularizer=L1ToValue(config.beta, 1.0), name="gradients")(d)
+    gradients = PositiveGradients(name="spatial_gradients")(d)
+    gradients = L1ActivityPenalty(config.beta, 1.0, name="gradients")(gradients)
     grid = CumulativeSumGrid(origin=config.grid_origin, name="deformable_grid")(gradients)
     pooled = layers.GlobalAveragePooling3D(name="affine_pool")(reg)
     affine = layers.Dense(12, kernel_initializer="zeros", bias_initializer="zeros",
-                          activity_regularizer=L1ToValue(config.alpha, 0.0),
-                          name="affine")(pooled)
+                          name="affine_dense")(pooled)
+    affine = L1ActivityPenalty(config.alpha, 0.0, name="affine")(affine)
     grid = AffineComposition(centre=config.affine_centre, name="grid")([affine, grid])
     deformed = SpatialTransformer(name="deformed")([moving, grid])
 
