@@ -112,7 +112,8 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
     ]
     if first < epochs:
         model.fit(make_train_dataset(first), epochs=epochs, steps_per_epoch=steps_per_epoch,
-                  validation_data=validation_data, callbacks=callbacks, verbose=verbose)
+                  validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
     tmp = run_dir / f"final.tmp{os.getpid()}.weights.h5"
     model.save_weights(tmp)
     os.replace(tmp, run_dir / FINAL_WEIGHTS)
