@@ -76,7 +76,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> str:
 
 
 def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule,
-        validation_data=None, resume=False, verbose=1):
+        validation_data=None, resume=False, verbose=1, extra_callbacks=()):
     """Train ``model`` (compiled, inside its strategy scope) with checkpoints and resume.
 
     Args:
@@ -90,6 +90,7 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
         validation_data: optional dataset evaluated after every epoch.
         resume: continue an interrupted run / reuse a completed one.
         verbose: Keras progress bar (1) or one line per epoch (2).
+        extra_callbacks: more Keras callbacks (run after the built-in ones).
     Returns:
         dict ``{"state": "trained" | "loaded", "epochs_run": int}``.
     Raises:
@@ -109,6 +110,7 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
         keras.callbacks.LearningRateScheduler(lambda e, lr: schedule(e)),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=first > 0),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        *extra_callbacks,
     ]
     if first < epochs:
         model.fit(make_train_dataset(first), epochs=epochs, steps_per_epoch=steps_per_epoch,

@@ -1,0 +1,97 @@
+"""End to end: ``run.py --preset smoke`` on ixi10 writes Table 1, figures and NIfTI; --resume."""
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from regseg.evaluation.tables import read_result_csv
+from regseg.reproductions.ureSnet import published
+from regseg.reproductions.ureSnet.experiment import main
+
+
+@pytest.fixture(scope="module")
+def ixi_root():
+    root = os.environ.get("REGSEG_DATA_ROOT") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (Path(root) / "ixi10" / "images").is_dir():
+        pytest.skip(f"ixi10 not found under {root} (set REGSEG_DATA_ROOT)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ixi_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    args = ["--preset", "smoke", "--data-root", ixi_root, "--output-dir", str(out / "run"),
+            "--results-dir", str(out / "results"), "--no-download"]
+    assert main(args) == 0
+    return out, args
+
+
+def _dice(a, b):
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_table1_written_beside_published(smoke_run, ixi_root):
+    out, _ = smoke_run
+    table, header = read_result_csv(out / "results" / "table1_registration_dice.csv")
+    assert list(table.index) == published.STRUCTURES + ["mean of 15"]
+    for method in published.METHODS:
+        for s in published.STRUCTURES:
+            assert table.at[s, f"{method} published mean"] == published.TABLE1[method][s][0]
+        diff = table[f"{method} ours mean"] - table[f"{method} published mean"]
+        np.testing.assert_allclose(table[f"{method} diff"], diff)
+        assert table[f"{method} ours mean"].between(0, 1).all()
+    assert "stand-in" in header["dataset"].lower()
+    assert header["seed"] == "0" and header["commit"] and "smoke" in header["preset"]
+    md = (out / "results" / "table1_registration_dice.md").read_text()
+    assert "STAND-IN" in md.splitlines()[0]
+
+    # Rigid = Dice of the centred label maps, recomputed here with numpy
+    from regseg.datasets import ixi10_splits
+    test = ixi10_splits(ixi_root).test
+    a, b = test.load(0).structures, test.load(1).structures
+    rigid = [np.mean([_dice(a == k, b == k), _dice(b == k, a == k)]) for k in range(1, 16)]
+    np.testing.assert_allclose(table.loc[published.STRUCTURES, "Rigid ours mean"], rigid, atol=1e-9)
+
+    seg, _ = read_result_csv(out / "results" / "segmentation_dice.csv")
+    assert list(seg.index) == ["CeblWM", "CeblC", "LV"]
+    for name in ("fig2_registration.png", "fig3_segmentation.png", "run.json", "per_pair_dice.csv"):
+        assert (out / "results" / name).stat().st_size > 0
+
+
+def test_nifti_outputs_are_consistent(smoke_run, ixi_root):
+    out, _ = smoke_run
+    from regseg.datasets import ixi10_splits
+    test = ixi10_splits(ixi_root).test
+    mov, ref = test.load(0), test.load(1)
+    folder = out / "run" / "nifti" / "ureSnet"
+    stem = f"{mov.subject_id}_to_{ref.subject_id}"
+    disp = nib.load(folder / f"{stem}_displacement_voxels.nii.gz")
+    warped = nib.load(folder / f"{stem}_warped.nii.gz")
+    np.testing.assert_allclose(disp.affine, ref.affine, atol=1e-5)
+    np.testing.assert_allclose(warped.affine, ref.affine, atol=1e-5)
+    # the saved warped image is the moving image sampled at identity + displacement
+    d = np.asarray(disp.dataobj, dtype=np.float64)
+    coords = np.indices(mov.image.shape) + np.moveaxis(d, -1, 0)
+    expected = ndimage.map_coordinates(mov.image, coords, order=1, mode="nearest")
+    np.testing.assert_allclose(np.asarray(warped.dataobj), expected, atol=1e-4)
+
+
+def test_existing_run_is_not_overwritten_and_resume_reuses_it(smoke_run):
+    out, args = smoke_run
+    before, _ = read_result_csv(out / "results" / "table1_registration_dice.csv")
+    with pytest.raises(FileExistsError, match="--resume"):
+        main(args)
+    assert main(args + ["--resume"]) == 0
+    after, _ = read_result_csv(out / "results" / "table1_registration_dice.csv")
+    np.testing.assert_allclose(after["U-ReSNet ours mean"], before["U-ReSNet ours mean"], atol=1e-6)
+
+
+def test_describe_prints_parameter_count(capsys):
+    assert main(["--describe"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("parameters: ")
+    assert int(last.split()[-1]) == 39183 < 40000
