@@ -19,7 +19,7 @@ _DEFAULT_DATA_ROOT = _Path(__file__).resolve().parents[2] / "shared" / "data"
 @_pytest.fixture(scope="session")
 def data_root() -> _Path:
     """The shared data folder ($REGSEG_DATA_ROOT, else ``<repo>/../shared/data``); skips if absent."""
-    root = _Path(os.environ.get("REGSEG_DATA_ROOT") or _DEFAULT_DATA_ROOT)
+    root = _Path(os.environ.get("REGSEG_DATA_ROOT") or _DEFAULT_DATA_ROOT).resolve()
     if not root.is_dir():
         _pytest.skip(f"shared data folder not found at {root}; set REGSEG_DATA_ROOT to the folder "
                      f"holding ixi10/ (python -m regseg.datasets.download ixi10 --dest DIR)")
