@@ -28,6 +28,8 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .io import default_file_mode
+
 __all__ = ["DownloadError", "IXI10_BASE_URL", "IXI10_FILES", "sha256_of", "download_files",
            "download_ixi10", "main"]
 
@@ -141,6 +143,7 @@ def download_files(files: Iterable[Sequence[str]], dest: str | os.PathLike, base
             if got != sha.lower():
                 raise DownloadError(f"{url}: checksum mismatch: expected sha256 {sha.lower()}, "
                                     f"got {got}; file not saved")
+            os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

@@ -167,6 +167,13 @@ def _nifti_suffix(name: str) -> str:
     raise ValueError(f"{name}: save_volume writes NIfTI only; use a .nii or .nii.gz file name")
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give a new file (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:
     """Write a volume to NIfTI atomically (temporary file in the same folder, then ``os.replace``).
 
@@ -208,6 +215,7 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -223,6 +223,7 @@ def evaluate(models: dict, test, pair_mode: str, nifti_dir: Path | None = None):
 
     from regseg.datasets.io import save_volume
     from regseg.evaluation import metrics
+    from regseg.layers import identity_grid
 
     names = list(test.structure_names)
     classes = list(test.class_names)
@@ -256,7 +257,6 @@ def evaluate(models: dict, test, pair_mode: str, nifti_dir: Path | None = None):
             if nifti_dir is not None:
                 folder = Path(nifti_dir) / METHOD_KEYS[method]
                 stem = f"{mov.subject_id}_to_{ref.subject_id}"
-                from regseg.layers import identity_grid
                 disp = grid - np.asarray(identity_grid(grid.shape[:-1]))
                 save_volume(folder / f"{stem}_warped.nii.gz", out["deformed"][..., 0], ref.affine)
                 save_volume(folder / f"{stem}_warped_structures.nii.gz",
@@ -378,6 +378,8 @@ def main(argv=None):
 
     start = time.time()
     command = "python reproductions/ureSnet/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.data_root is None and os.environ.get("REGSEG_DATA_ROOT"):
+        command = f"REGSEG_DATA_ROOT={shlex.quote(os.environ['REGSEG_DATA_ROOT'])} {command}"
     data_root = resolve_data_root(args.data_root)
     splits, key = load_splits(args.dataset, data_root, preset=preset, seed=args.seed,
                               labels_json=args.labels_json, allow_download=not args.no_download)
@@ -409,6 +411,7 @@ def main(argv=None):
     wall = time.time() - start
     header = {
         "dataset": dataset_name,
+        "data root": str(data_root) if data_root is not None else "none (downloaded or demo cache)",
         "preset": f"{preset.name}: {preset.description}",
         "commit": git_commit(),
         "seed": args.seed,
