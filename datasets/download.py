@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .io import default_file_mode
+from regseg.fileio import default_file_mode
 
 __all__ = ["DownloadError", "IXI10_BASE_URL", "IXI10_FILES", "sha256_of", "download_files",
            "download_ixi10", "main"]

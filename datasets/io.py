@@ -23,6 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from regseg.fileio import default_file_mode
+
 __all__ = ["DataError", "Volume", "load_volume", "check_same_grid", "save_volume"]
 
 
@@ -165,13 +167,6 @@ def _nifti_suffix(name: str) -> str:
         if low.endswith(suffix):
             return suffix
     raise ValueError(f"{name}: save_volume writes NIfTI only; use a .nii or .nii.gz file name")
-
-
-def default_file_mode() -> int:
-    """The mode a plain ``open(..., "w")`` would give a new file (0666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:

@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from regseg.fileio import default_file_mode
+
 __all__ = [
     "atomic_write_text",
     "atomic_write_bytes",
@@ -41,12 +43,6 @@ HEADER_KEY_ORDER = ("dataset", "preset", "commit", "seed", "wall time", "command
 # --------------------------------------------------------------------------- #
 # Atomic writes
 # --------------------------------------------------------------------------- #
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically.
 
@@ -79,7 +75,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         try:
