@@ -54,8 +54,9 @@ def test_released_grid_origin_shifts_by_one_voxel():
     np.testing.assert_allclose(deformed, expected, atol=1e-6)
 
 
-def test_total_loss_is_equation_7_at_initialisation():
-    cfg = UReSNetConfig(input_shape=SHAPE)
+@pytest.mark.parametrize("background", [True, False])
+def test_total_loss_is_equation_7_at_initialisation(background):
+    cfg = UReSNetConfig(input_shape=SHAPE, dice_background=background)
     train, full = build_ureSnet(cfg)
     loss, weights = losses_and_weights(cfg)
     train.compile(optimizer="adam", loss=loss, loss_weights=weights)
@@ -71,7 +72,8 @@ def test_total_loss_is_equation_7_at_initialisation():
     lcc = float(np.mean(np.asarray(local_cross_correlation(r, m, 9, 1e-5))))
 
     def dice_loss(t, p):
-        t, p = t[..., 1:], p[..., 1:]
+        if not background:  # released code: the 3 foreground channels only
+            t, p = t[..., 1:], p[..., 1:]
         d = (2 * (t * p).sum((1, 2, 3)) + 1e-5) / (t.sum((1, 2, 3)) + p.sum((1, 2, 3)) + 1e-5)
         return np.mean(1 - d.mean(-1))
 

@@ -339,6 +339,9 @@ def parse_args(argv=None):
                    help="networks to train, comma-separated (Rigid is always evaluated)")
     p.add_argument("--grid-origin", choices=["zero", "one"], default="zero",
                    help="zero: paper-correct identity; one: released code (one-voxel shift)")
+    p.add_argument("--dice-foreground-only", action="store_true",
+                   help="soft Dice of eq. 6 over the 3 foreground channels only (released code); "
+                        "default: background channel included (see README, fidelity)")
     p.add_argument("--describe", action="store_true",
                    help="print the U-ReSNet summary, ending with 'parameters: N', and exit")
     p.add_argument("--no-download", action="store_true",
@@ -402,7 +405,8 @@ def main(argv=None):
         models[method] = train_network(
             mkey == "ureSnet", splits, preset, strategy=strategy, run_dir=out_dir / mkey,
             seed=args.seed, resume=args.resume, verbose=verbose,
-            model_options={"grid_origin": args.grid_origin})
+            model_options={"grid_origin": args.grid_origin,
+                           "dice_background": not args.dice_foreground_only})
         timings[mkey] = time.time() - t0
     print("\n=== evaluating on the test pairs ===", flush=True)
     registration, segmentation, deformation, first = evaluate(

@@ -64,6 +64,13 @@ class UReSNetConfig:
         grid_origin: "zero" (paper-correct identity) or "one" (released code's
             one-voxel shift), see ``regseg.layers.sampling_grids``.
         affine_centre: "corner" (released code) or "centre".
+        dice_background: include the background channel of the softmax in
+            the soft Dice of eq. 6 (default).  The paper is silent; the
+            released code sums the Dice of the 3 foreground channels only.
+            With a softmax and an unsupervised background channel the
+            background probability can settle on a foreground class where
+            that class's Dice has no overlap, hence no gradient (seen on
+            ixi10: LV predicted over the whole background, Dice 0).
     """
 
     input_shape: tuple = (80, 104, 88)
@@ -73,6 +80,7 @@ class UReSNetConfig:
     beta: float = 1e-11
     grid_origin: str = "zero"
     affine_centre: str = "corner"
+    dice_background: bool = True
 
 
 def _conv(x, channels, kernel, name, strides=1, padding="same"):
@@ -179,6 +187,8 @@ def losses_and_weights(config: UReSNetConfig, w1=1.0, w2=1.0, gamma=1.0, delta=1
     loss = {"deformed": ReconstructionLoss(mse_weight=1.0, lcc_weight=1.0, window=9)}
     weights = {"deformed": w1}
     if config.segmentation:
-        loss.update(moving_seg=SoftDiceLoss(), warped_seg=SoftDiceLoss())
+        exclude = not config.dice_background
+        loss.update(moving_seg=SoftDiceLoss(exclude_background=exclude),
+                    warped_seg=SoftDiceLoss(exclude_background=exclude))
         weights.update(moving_seg=w2 * gamma, warped_seg=w2 * delta)
     return loss, weights
