@@ -99,6 +99,33 @@ def test_regularisers_are_equation_5():
     assert got == pytest.approx(expected, rel=1e-4)
 
 
+def test_equation_7_weights_scale_every_term():
+    # w1 scales L_recon and the eq. 5 penalties, w2 * gamma / w2 * delta the Dice terms
+    x = _pair(6)
+    rng = np.random.default_rng(7)
+    seg = np.eye(4, dtype="float32")[rng.integers(0, 4, (2, *SHAPE))]
+    y = {"deformed": x["reference"], "moving_seg": seg, "warped_seg": seg[::-1]}
+    values = {}
+    for w1, w2 in ((1.0, 1.0), (2.0, 1.0), (1.0, 3.0)):
+        cfg = UReSNetConfig(input_shape=SHAPE, alpha=0.5, beta=1e-2, w1=w1, w2=w2, gamma=1.0, delta=0.5)
+        keras.utils.set_random_seed(0)
+        train, full = build_ureSnet(cfg)
+        dense, conv = full.get_layer("affine_dense"), full.get_layer("deform3")
+        dense.set_weights([np.full(w.shape, 0.01, "float32") for w in dense.get_weights()])
+        conv.set_weights([np.full(w.shape, 0.01, "float32") for w in conv.get_weights()])
+        loss, weights = losses_and_weights(cfg)
+        train.compile(optimizer="adam", loss=loss, loss_weights=weights)
+        r = train.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
+        full(x, training=True)  # records the eq. 5 penalties of this call in full.losses
+        values[(w1, w2)] = (r, float(sum(np.asarray(l) for l in full.losses)))
+    (base, pen1), (double, pen2), (seg3, pen3) = values[(1.0, 1.0)], values[(2.0, 1.0)], values[(1.0, 3.0)]
+    assert pen2 == pytest.approx(2 * pen1, rel=1e-5) and pen1 > 0
+    assert pen3 == pytest.approx(pen1, rel=1e-5)
+    seg_part = base["moving_seg_loss"] + 0.5 * base["warped_seg_loss"]
+    assert double["loss"] == pytest.approx(base["loss"] + base["deformed_loss"] + pen1, rel=1e-4)
+    assert seg3["loss"] == pytest.approx(base["loss"] + 2 * seg_part, rel=1e-4)
+
+
 def test_model_serialises(tmp_path):
     train, full = build_ureSnet(UReSNetConfig(input_shape=SHAPE))
     path = tmp_path / "m.keras"

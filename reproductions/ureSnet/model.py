@@ -61,6 +61,8 @@ class UReSNetConfig:
         n_classes: foreground segmentation classes (3: CeblWM, CeblC, LV; §4).
         alpha: weight of ||A - A_I||_1 (eq. 5; 0.1).
         beta: weight of ||grad Phi - grad Phi_I||_1 (eq. 5; 1e-11).
+        gamma, delta: weights of the two Dice terms (eq. 6; both 1).
+        w1, w2: weights of (L_recon + L_reg) and L_seg (eq. 7; both 1).
         grid_origin: "zero" (paper-correct identity) or "one" (released code's
             one-voxel shift), see ``regseg.layers.sampling_grids``.
         affine_centre: "corner" (released code) or "centre".
@@ -78,6 +80,10 @@ class UReSNetConfig:
     n_classes: int = 3
     alpha: float = 0.1
     beta: float = 1e-11
+    gamma: float = 1.0
+    delta: float = 1.0
+    w1: float = 1.0
+    w2: float = 1.0
     grid_origin: str = "zero"
     affine_centre: str = "corner"
     dice_background: bool = True
@@ -148,12 +154,12 @@ def build_ureSnet(config: UReSNetConfig = UReSNetConfig()):
     d = layers.Conv3D(3, 3, padding="same", kernel_initializer="zeros",
                       bias_initializer="zeros", name="deform3")(d)
     gradients = PositiveGradients(name="spatial_gradients")(d)
-    gradients = L1ActivityPenalty(config.beta, 1.0, name="gradients")(gradients)
+    gradients = L1ActivityPenalty(config.w1 * config.beta, 1.0, name="gradients")(gradients)
     grid = CumulativeSumGrid(origin=config.grid_origin, name="deformable_grid")(gradients)
     pooled = layers.GlobalAveragePooling3D(name="affine_pool")(reg)
     affine = layers.Dense(12, kernel_initializer="zeros", bias_initializer="zeros",
                           name="affine_dense")(pooled)
-    affine = L1ActivityPenalty(config.alpha, 0.0, name="affine")(affine)
+    affine = L1ActivityPenalty(config.w1 * config.alpha, 0.0, name="affine")(affine)
     grid = AffineComposition(centre=config.affine_centre, name="grid")([affine, grid])
     deformed = SpatialTransformer(name="deformed")([moving, grid])
 
@@ -174,21 +180,22 @@ def build_ureSnet(config: UReSNetConfig = UReSNetConfig()):
     return train_model, full_model
 
 
-def losses_and_weights(config: UReSNetConfig, w1=1.0, w2=1.0, gamma=1.0, delta=1.0):
+def losses_and_weights(config: UReSNetConfig):
     """Loss dict and weights of eq. 7: ``w1 (L_recon + L_reg) + w2 L_seg``.
 
-    ``L_reg`` (eq. 5) lives in the activity regularisers of the model (their
-    weights alpha, beta are scaled by w1 here only if w1 != 1: build the model
-    with ``alpha * w1``, ``beta * w1``).  Returns ``(loss, loss_weights)`` for
-    ``model.compile``.
+    ``L_reg`` (eq. 5) is added by the model's :class:`L1ActivityPenalty`
+    layers, already weighted ``w1 * alpha`` and ``w1 * beta`` by
+    :func:`build_ureSnet`; this returns the compiled losses, eq. 4 weighted
+    ``w1`` and the two Dice terms of eq. 6 weighted ``w2 * gamma`` and
+    ``w2 * delta``, as ``(loss, loss_weights)`` for ``model.compile``.
     """
     from regseg.layers import ReconstructionLoss, SoftDiceLoss
 
     loss = {"deformed": ReconstructionLoss(mse_weight=1.0, lcc_weight=1.0, window=9)}
-    weights = {"deformed": w1}
+    weights = {"deformed": config.w1}
     if config.segmentation:
         exclude = not config.dice_background
         loss.update(moving_seg=SoftDiceLoss(exclude_background=exclude),
                     warped_seg=SoftDiceLoss(exclude_background=exclude))
-        weights.update(moving_seg=w2 * gamma, warped_seg=w2 * delta)
+        weights.update(moving_seg=config.w2 * config.gamma, warped_seg=config.w2 * config.delta)
     return loss, weights
