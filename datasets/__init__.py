@@ -1,7 +1,8 @@
 """regseg.datasets: loading, preprocessing and splitting the suite's data.
 
 Everything enters through :func:`~regseg.datasets.io.load_volume` (RAS+ canonical orientation,
-validated content), is preprocessed as in U-ReSNet §3.5 (Estienne et al., MICCAI 2019) by
+validated content), is preprocessed by a :class:`~regseg.datasets.recipes.Recipe` of named, cited steps (U-ReSNet
+§3.5 is :func:`~regseg.datasets.recipes.ureSnet_recipe`) inside a
 :class:`~regseg.datasets.subjects.SubjectDataset`, and is split deterministically.
 
 Datasets:
@@ -38,11 +39,13 @@ from .preprocessing import (
     crop_around_centre_of_mass,
     crop_shape_for_spacing,
     normalise_zscore,
+    resample_onto,
     resample_to_spacing,
 )
-from .subjects import Sample, Splits, Subject, SubjectDataset, split_subjects
-from .ixi10 import IXI10_NAME, ixi10_splits
-from .oasis3 import OASIS3_NAME, oasis3_splits
+from .recipes import Recipe, Step, ureSnet_recipe
+from .subjects import Sample, Splits, Subject, SubjectDataset, read_subject, split_subjects
+from .ixi10 import IXI10_NAME, ixi10_recipe, ixi10_splits
+from .oasis3 import OASIS3_NAME, oasis3_recipe, oasis3_splits
 from .folder import folder_splits
 from .demo import DEMO_NAME, demo_splits
 
@@ -96,8 +99,10 @@ __all__ = [
     "FREESURFER_TABLE1", "FREESURFER_SEGMENTATION", "DLMUSE_TABLE1", "DLMUSE_SEGMENTATION",
     "check_structures_present",
     "PAPER_CROP_RAS_1MM", "PAPER_CROP_LIA_1MM", "normalise_zscore", "crop_around_centre_of_mass",
-    "resample_to_spacing", "crop_shape_for_spacing",
-    "Subject", "Sample", "SubjectDataset", "Splits", "split_subjects",
-    "IXI10_NAME", "ixi10_splits", "OASIS3_NAME", "oasis3_splits", "folder_splits",
+    "resample_to_spacing", "resample_onto", "crop_shape_for_spacing",
+    "Recipe", "Step", "ureSnet_recipe",
+    "Subject", "Sample", "SubjectDataset", "Splits", "split_subjects", "read_subject",
+    "IXI10_NAME", "ixi10_splits", "ixi10_recipe", "OASIS3_NAME", "oasis3_splits", "oasis3_recipe",
+    "folder_splits",
     "DEMO_NAME", "demo_splits", "DownloadError", "download_ixi10",
 ]

@@ -30,6 +30,7 @@ from scipy import ndimage
 from .io import save_volume
 from .labels import LabelMapping
 from .preprocessing import PAPER_CROP_RAS_1MM, crop_shape_for_spacing
+from .recipes import Recipe, ureSnet_recipe
 from .subjects import Splits, Subject, SubjectDataset, split_subjects
 
 __all__ = ["DEMO_NAME", "DEMO_TISSUES", "DEMO_CROP", "demo_template", "demo_displacement_field",
@@ -151,7 +152,8 @@ def build_demo(cache_dir: str | os.PathLike, *, n_subjects: int = 10, seed: int 
 
 
 def demo_splits(cache_dir: str | os.PathLike, *, n_subjects: int = 10, seed: int = 0,
-                sizes: tuple[int, int, int] = (7, 1, 2), cache: bool = True) -> Splits:
+                sizes: tuple[int, int, int] = (7, 1, 2), cache: bool = True,
+                recipe: Recipe | None = None) -> Splits:
     """Splits of the offline DEMO dataset (builds it in ``cache_dir`` on first use).
 
     Subjects sorted by id; the first ``sizes[0]`` train, next ``sizes[1]`` validation, the rest up
@@ -167,8 +169,8 @@ def demo_splits(cache_dir: str | os.PathLike, *, n_subjects: int = 10, seed: int
     parts = split_subjects(subjects, sizes, seed=seed, shuffle=False)
 
     def make(part):
-        return SubjectDataset(DEMO_NAME, False, part, DEMO_TISSUES, DEMO_TISSUES,
-                              crop_shape=DEMO_CROP, spacing_mm=None, skull_strip="label",
+        return SubjectDataset(DEMO_NAME, False, part,
+                              recipe or ureSnet_recipe(DEMO_CROP, DEMO_TISSUES, DEMO_TISSUES),
                               cache=cache)
 
     return Splits(*(make(p) for p in parts))

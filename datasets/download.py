@@ -21,14 +21,13 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from regseg.fileio import default_file_mode
+from regseg.fileio import atomic_path
 
 __all__ = ["DownloadError", "IXI10_BASE_URL", "IXI10_FILES", "sha256_of", "download_files",
            "download_ixi10", "main"]
@@ -124,11 +123,9 @@ def download_files(files: Iterable[Sequence[str]], dest: str | os.PathLike, base
         if target.is_file() and sha256_of(target) == sha.lower():
             continue
         url = _url(base_url, remote)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
+        with atomic_path(target, suffix=".part") as tmp:  # removed again on any error
             digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 try:
                     with urllib.request.urlopen(url, timeout=timeout) as response:
                         for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -143,11 +140,6 @@ def download_files(files: Iterable[Sequence[str]], dest: str | os.PathLike, base
             if got != sha.lower():
                 raise DownloadError(f"{url}: checksum mismatch: expected sha256 {sha.lower()}, "
                                     f"got {got}; file not saved")
-            os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .io import DataError
 from .labels import LabelMapping
+from .recipes import Recipe, ureSnet_recipe
 from .subjects import Splits, Subject, SubjectDataset, split_subjects
 
 __all__ = ["folder_subjects", "read_mapping_json", "folder_splits"]
@@ -56,8 +57,8 @@ def folder_subjects(root: str | os.PathLike) -> list[Subject]:
         label = labels_dir / image.name
         if not label.is_file():
             raise DataError(f"{image}: no label map; expected {label}")
-        subjects.append(Subject(subject_id=_stem(image.name), image_path=str(image),
-                                label_path=str(label)))
+        subjects.append(Subject(_stem(image.name), str(image),
+                                str(label)))
     return subjects
 
 
@@ -97,6 +98,7 @@ def folder_splits(
     skull_strip: str = "label",
     name: str | None = None,
     cache: bool = False,
+    recipe: Recipe | None = None,
 ) -> Splits:
     """Splits of a user folder of images and label maps.
 
@@ -112,6 +114,8 @@ def folder_splits(
             whole image, e.g. for non-brain data); see :class:`~regseg.datasets.subjects.SubjectDataset`.
         name: dataset name for table titles (default: "folder <root>").
         cache: keep preprocessed samples in memory.
+        recipe: another preprocessing recipe; default U-ReSNet §3.5 with the options above
+            (:func:`~regseg.datasets.recipes.ureSnet_recipe`).
 
     Returns:
         :class:`~regseg.datasets.subjects.Splits` with ``is_paper_dataset=False``.
@@ -124,9 +128,10 @@ def folder_splits(
     structures, classes = read_mapping_json(mapping_json)
     parts = split_subjects(subjects, sizes, seed=seed)
     title = name or f"folder {Path(root)}"
+    default = ureSnet_recipe(crop_shape, structures, classes, spacing_mm=spacing_mm,
+                             skull_strip=skull_strip)
 
     def make(part):
-        return SubjectDataset(title, False, part, structures, classes, crop_shape=crop_shape,
-                              spacing_mm=spacing_mm, skull_strip=skull_strip, cache=cache)
+        return SubjectDataset(title, False, part, recipe or default, cache=cache)
 
     return Splits(*(make(p) for p in parts))

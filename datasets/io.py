@@ -16,14 +16,13 @@ World coordinates are in millimetres (scanner / RAS world of nibabel), voxel ind
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from regseg.fileio import default_file_mode
+from regseg.fileio import atomic_path
 
 __all__ = ["DataError", "Volume", "load_volume", "check_same_grid", "save_volume"]
 
@@ -205,15 +204,6 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -
         arr = arr.astype(np.float32)
     img = nib.Nifti1Image(arr, aff)
     img.set_data_dtype(arr.dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:  # nibabel picks gzip from the extension
         nib.save(img, tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

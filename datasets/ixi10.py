@@ -24,10 +24,11 @@ from pathlib import Path
 from .io import DataError
 from .labels import DLMUSE_SEGMENTATION, DLMUSE_TABLE1
 from .preprocessing import PAPER_CROP_RAS_1MM, crop_shape_for_spacing
+from .recipes import Recipe, ureSnet_recipe
 from .subjects import Splits, Subject, SubjectDataset, split_subjects
 
 __all__ = ["IXI10_NAME", "IXI10_SPACING_MM", "IXI10_CROP", "ixi10_folder", "ixi10_subjects",
-           "ixi10_splits"]
+           "ixi10_splits", "ixi10_recipe"]
 
 #: Dataset name used in table titles.
 IXI10_NAME = "IXI (ixi10 sample, 2 mm) — stand-in for OASIS-3"
@@ -37,6 +38,11 @@ IXI10_SPACING_MM = 2.0
 IXI10_CROP = crop_shape_for_spacing(PAPER_CROP_RAS_1MM, IXI10_SPACING_MM)
 
 _SUFFIX = "-T1.nii.gz"
+
+
+def ixi10_recipe() -> Recipe:
+    """U-ReSNet §3.5 on ixi10: brain = label > 0, z-score, crop :data:`IXI10_CROP`, DLMUSE maps."""
+    return ureSnet_recipe(IXI10_CROP, DLMUSE_TABLE1, DLMUSE_SEGMENTATION, skull_strip="label")
 
 
 def ixi10_folder(root: str | os.PathLike) -> Path:
@@ -69,15 +75,15 @@ def ixi10_subjects(root: str | os.PathLike) -> list[Subject]:
         label = folder / "labels" / image.name
         if not label.is_file():
             raise DataError(f"{image}: no label map; expected {label}")
-        subjects.append(Subject(subject_id=image.name[: -len(_SUFFIX)], image_path=str(image),
-                                label_path=str(label)))
+        subjects.append(Subject(image.name[: -len(_SUFFIX)], {"t1": str(image)},
+                                {"labels": str(label)}))
     if not subjects:
         raise FileNotFoundError(f"{folder / 'images'}: no *{_SUFFIX} images found")
     return sorted(subjects, key=lambda s: s.subject_id)
 
 
 def ixi10_splits(root: str | os.PathLike, *, train: int = 7, validation: int = 1, test: int = 2,
-                 cache: bool = True) -> Splits:
+                 cache: bool = True, recipe: Recipe | None = None) -> Splits:
     """Train/validation/test splits of the ixi10 sample (stand-in for OASIS-3, U-ReSNet §3.5).
 
     Deterministic and unshuffled: subjects sorted by id, the first ``train`` go to training, the
@@ -93,6 +99,8 @@ def ixi10_splits(root: str | os.PathLike, *, train: int = 7, validation: int = 1
         root: the data root containing ``ixi10/`` (or the ixi10 folder itself).
         train, validation, test: split sizes (numbers of subjects).
         cache: keep preprocessed samples in memory (10 small volumes).
+        recipe: another preprocessing :class:`~regseg.datasets.recipes.Recipe` (default: the one
+            above, :func:`~regseg.datasets.recipes.ureSnet_recipe`).
 
     Returns:
         :class:`~regseg.datasets.subjects.Splits` with ``is_paper_dataset=False``.
@@ -106,8 +114,6 @@ def ixi10_splits(root: str | os.PathLike, *, train: int = 7, validation: int = 1
     parts = split_subjects(subjects, (train, validation, test), seed=0, shuffle=False)
 
     def make(part):
-        return SubjectDataset(IXI10_NAME, False, part, DLMUSE_TABLE1, DLMUSE_SEGMENTATION,
-                              crop_shape=IXI10_CROP, spacing_mm=None, skull_strip="label",
-                              cache=cache)
+        return SubjectDataset(IXI10_NAME, False, part, recipe or ixi10_recipe(), cache=cache)
 
     return Splits(*(make(p) for p in parts))

@@ -25,9 +25,10 @@ from pathlib import Path
 from .io import DataError
 from .labels import FREESURFER_SEGMENTATION, FREESURFER_TABLE1
 from .preprocessing import PAPER_CROP_RAS_1MM
+from .recipes import Recipe, ureSnet_recipe
 from .subjects import Splits, Subject, SubjectDataset, split_subjects
 
-__all__ = ["OASIS3_NAME", "OASIS3_SIZES", "find_oasis3_sessions", "oasis3_splits",
+__all__ = ["OASIS3_NAME", "OASIS3_SIZES", "find_oasis3_sessions", "oasis3_splits", "oasis3_recipe",
            "oasis3_subject_of"]
 
 #: Dataset name used in table titles.
@@ -102,15 +103,23 @@ def find_oasis3_sessions(root: str | os.PathLike) -> list[Subject]:
         if session in found:
             raise DataError(f"session {session} found twice: {found[session].label_path} and "
                             f"{aseg}; keep one FreeSurfer run per session")
-        found[session] = Subject(subject_id=session, image_path=str(image),
-                                 label_path=str(aseg), brain_mask_path=mask)
+        found[session] = Subject(session, {"t1": str(image)}, {"labels": str(aseg)},
+                                 {"brain": mask} if mask else {},
+                                 group=oasis3_subject_of(session))
     if not found:
         raise DataError(f"{root}: no OASIS-3 FreeSurfer session found; {_LAYOUT}")
     return [found[k] for k in sorted(found)]
 
 
+def oasis3_recipe() -> Recipe:
+    """U-ReSNet §3.5 on OASIS-3: brain = ``brainmask.mgz`` > 0 (else aseg > 0), z-score, crop
+    :data:`~regseg.datasets.preprocessing.PAPER_CROP_RAS_1MM`, FreeSurfer label maps."""
+    return ureSnet_recipe(PAPER_CROP_RAS_1MM, FREESURFER_TABLE1, FREESURFER_SEGMENTATION,
+                          skull_strip="brainmask")
+
+
 def oasis3_splits(root: str | os.PathLike, *, sizes=OASIS3_SIZES, seed: int = 0,
-                  cache: bool = False) -> Splits:
+                  cache: bool = False, recipe: Recipe | None = None) -> Splits:
     """OASIS-3 train/validation/test splits as in U-ReSNet §3.5 (520 / 67 / 156 images).
 
     Sessions are split with :func:`~regseg.datasets.subjects.split_subjects` grouped by OASIS-3
@@ -127,6 +136,7 @@ def oasis3_splits(root: str | os.PathLike, *, sizes=OASIS3_SIZES, seed: int = 0,
             fewer sessions are found.
         seed: seed of the split permutation.
         cache: keep preprocessed samples in memory (about 70 MB per session at 1 mm).
+        recipe: another preprocessing recipe (default :func:`oasis3_recipe`).
 
     Returns:
         :class:`~regseg.datasets.subjects.Splits` with ``is_paper_dataset=True``.
@@ -140,8 +150,6 @@ def oasis3_splits(root: str | os.PathLike, *, sizes=OASIS3_SIZES, seed: int = 0,
                            group_key=lambda s: oasis3_subject_of(s.subject_id))
 
     def make(part):
-        return SubjectDataset(OASIS3_NAME, True, part, FREESURFER_TABLE1, FREESURFER_SEGMENTATION,
-                              crop_shape=PAPER_CROP_RAS_1MM, spacing_mm=None,
-                              skull_strip="brainmask", cache=cache)
+        return SubjectDataset(OASIS3_NAME, True, part, recipe or oasis3_recipe(), cache=cache)
 
     return Splits(*(make(p) for p in parts))

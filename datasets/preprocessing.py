@@ -31,6 +31,7 @@ __all__ = [
     "crop_around_centre_of_mass",
     "resample_to_spacing",
     "crop_shape_for_spacing",
+    "resample_onto",
 ]
 
 #: The paper's crop as written (U-ReSNet §3.5), in FreeSurfer's conformed LIA voxel order, 1 mm voxels.
@@ -248,3 +249,33 @@ def crop_shape_for_spacing(shape_at_1mm: Sequence[int], spacing_mm) -> tuple[int
     sp = _as_spacing3(spacing_mm)
     n = np.maximum(4, 4 * np.round(shape / sp / 4.0)).astype(int)
     return tuple(int(v) for v in n)
+
+
+def resample_onto(volume: Volume, reference: Volume, *, label: bool = False) -> Volume:
+    """Resample ``volume`` onto ``reference``'s voxel grid in world coordinates (SimpleITK).
+
+    No registration happens: each reference voxel takes the value of ``volume`` at the same world
+    point (mm), linear for images, nearest neighbour for labels; 0 outside ``volume``.
+
+    Args:
+        volume: the volume to resample, data ``(X, Y, Z)``.
+        reference: the grid to resample onto (its data only gives the shape).
+        label: nearest neighbour and int32 output (labels, masks) instead of linear float32.
+
+    Returns:
+        A :class:`Volume` with ``reference``'s shape and affine (``path`` of ``volume``).
+
+    Raises:
+        ValueError: a volume that is not 3-D.
+    """
+    if volume.data.ndim != 3 or reference.data.ndim != 3:
+        raise ValueError(f"{volume.path}: resample_onto expects 3-D volumes")
+    dtype = np.int32 if label else np.float32
+    moving = _to_sitk(np.asarray(volume.data, dtype=dtype), np.asarray(volume.affine, np.float64))
+    ref = _to_sitk(np.zeros(reference.data.shape, dtype=dtype),
+                   np.asarray(reference.affine, np.float64))
+    out = sitk.Resample(moving, ref, sitk.Transform(),
+                        sitk.sitkNearestNeighbor if label else sitk.sitkLinear, 0)
+    data, _ = _from_sitk(out)
+    return Volume(data=data.astype(dtype, copy=False),
+                  affine=np.asarray(reference.affine, dtype=np.float64), path=volume.path)

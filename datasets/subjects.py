@@ -1,71 +1,238 @@
-"""Subjects, preprocessed samples, datasets and deterministic train/validation/test splits.
+"""Subjects, samples, datasets and deterministic train/validation/test splits: the data model.
 
-The preprocessing chain of :meth:`SubjectDataset.load` is U-ReSNet §3.5 (Estienne et al., MICCAI
-2019): skull removed, N(0, 1) normalisation over the brain, translation of the brain's centre of
-mass to the centre of the volume and cropping (160 x 176 x 208 at 1 mm in the paper's LIA order,
-:data:`~regseg.datasets.preprocessing.PAPER_CROP_RAS_1MM` in this suite's RAS order).
+* :class:`Subject` — what a dataset holds for one subject, as file paths: one or more named
+  images (modalities), optional label maps (one per modality where they differ), optional masks
+  and optional landmarks (world mm). Nothing is read on construction.
+* :class:`Sample` — a subject read from disk (RAS+ canonical, validated) and preprocessed by a
+  :class:`~regseg.datasets.recipes.Recipe`: numpy arrays on one voxel grid with its affine.
+* :class:`SubjectDataset` — subjects plus the recipe that turns each into a sample.
+* :class:`Splits` and :func:`split_subjects` — deterministic train / validation / test splits.
+
+Which parts a paper needs is its recipe's business: U-ReSNet §3.5
+(:func:`~regseg.datasets.recipes.ureSnet_recipe`) needs an image and a label map; an
+unlabelled image is a valid subject for a recipe that does not map labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .io import DataError, Volume, check_same_grid, load_volume
-from .labels import LabelMapping, check_structures_present
-from .preprocessing import crop_around_centre_of_mass, normalise_zscore, resample_to_spacing
+from .recipes import Recipe
 
-__all__ = ["Subject", "Sample", "SubjectDataset", "Splits", "split_subjects", "SKULL_STRIP_MODES"]
-
-#: Allowed values of ``SubjectDataset(skull_strip=...)``.
-SKULL_STRIP_MODES = ("label", "brainmask", "none")
+__all__ = ["Subject", "Sample", "read_subject", "SubjectDataset", "Splits", "split_subjects",
+           "read_landmarks_csv"]
 
 
-@dataclass(frozen=True)
+def _as_parts(value, default_name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, (str, os.PathLike)):
+        return {default_name: str(value)}
+    return {str(k): str(v) for k, v in dict(value).items()}
+
+
+@dataclass(frozen=True, eq=True)
 class Subject:
-    """One image with its label map (paths only; nothing is read on construction).
+    """One subject of a dataset, as paths (nothing is read on construction).
+
+    ``Subject("IXI012", "img.nii.gz", "lab.nii.gz")`` is one image named ``"image"`` with one
+    label map named ``"labels"``; the general form names every part:
+    ``Subject("s1", {"t1": ..., "t2": ...}, {"labels_t1": ..., "labels_t2": ...},
+    {"liver_t1": ...}, landmarks="s1_points.csv")``.
 
     Attributes:
-        subject_id: unique id of this image (for OASIS-3: the session id).
-        image_path: intensity image (NIfTI / MGH).
-        label_path: label map on the same voxel grid.
-        brain_mask_path: optional skull-stripped image or brain mask on the same grid
-            (e.g. FreeSurfer ``brainmask.mgz``); brain = its non-zero voxels.
+        subject_id: unique id (for OASIS-3: the session id).
+        images: ``{modality: path}`` (a single path means ``{"image": path}``); the first image
+            defines the sample's voxel grid.
+        labels: ``{name: path}`` of integer label maps (a single path means ``{"labels": path}``).
+        masks: ``{name: path}`` of masks, non-zero = inside (a single path means
+            ``{"brain": path}``; e.g. FreeSurfer ``brainmask.mgz``).
+        landmarks: optional path of a CSV of points in world coordinates (RAS mm, one ``x,y,z``
+            per row, optional header), or an ``(N, 3)`` array of them.
+        group: optional group key (e.g. the OASIS-3 subject of a session) for splits.
+        common_grid: ``"check"`` (default): every part must share the first image's grid
+            (else :class:`~regseg.datasets.io.DataError` naming both files); ``"resample"``:
+            parts on another grid are resampled onto it in world coordinates (SimpleITK; linear
+            for images, nearest for labels and masks), e.g. unregistered sequences of one session.
     """
 
     subject_id: str
-    image_path: str
-    label_path: str
-    brain_mask_path: str | None = None
+    images: Mapping[str, str]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    masks: Mapping[str, str] = field(default_factory=dict)
+    landmarks: object = None
+    group: str | None = None
+    common_grid: str = "check"
+
+    def __post_init__(self):
+        object.__setattr__(self, "images", _as_parts(self.images, "image"))
+        object.__setattr__(self, "labels", _as_parts(self.labels, "labels"))
+        object.__setattr__(self, "masks", _as_parts(self.masks, "brain"))
+        if not self.images:
+            raise ValueError(f"subject {self.subject_id!r} has no image")
+        if self.common_grid not in ("check", "resample"):
+            raise ValueError(f"common_grid must be 'check' or 'resample', got {self.common_grid!r}")
+
+    __hash__ = None  # holds dicts
+
+    @property
+    def image_path(self) -> str:
+        """Path of the first image."""
+        return next(iter(self.images.values()))
+
+    @property
+    def label_path(self) -> str | None:
+        """Path of the first label map, or ``None``."""
+        return next(iter(self.labels.values()), None)
+
+    @property
+    def brain_mask_path(self) -> str | None:
+        """Path of the ``brain`` mask, or ``None``."""
+        return self.masks.get("brain")
 
 
 @dataclass
 class Sample:
-    """A preprocessed subject, ready for a network (U-ReSNet §3.5).
+    """A subject read from disk and preprocessed: arrays on one voxel grid.
 
     Attributes:
         subject_id: the :class:`Subject`'s id.
-        image: ``(X, Y, Z)`` float32, RAS+ voxel order: N(0, 1) over the brain, 0 outside.
-        structures: ``(X, Y, Z)`` int32, 0 = background, ``k + 1`` = ``structure_names[k]``
-            (the 15 Table 1 structures in table order for the brain datasets).
-        segmentation: ``(X, Y, Z)`` int32, 0 = background, ``k + 1`` = ``class_names[k]``
-            (CeblWM, CeblC, LV for the brain datasets).
-        affine: ``(4, 4)`` voxel -> world (mm) matrix of the cropped grid.
-        image_path: the source image file.
+        images: ``{modality: (X, Y, Z) float32}``, RAS+ voxel order.
+        labels: ``{name: (X, Y, Z) int32}``; after U-ReSNet's recipe ``"structures"``
+            (0 = background, ``k + 1`` = the k-th Table 1 structure) and ``"segmentation"``.
+        masks: ``{name: (X, Y, Z) bool}``.
+        affine: ``(4, 4)`` voxel -> world (mm, RAS+) matrix of the grid.
+        landmarks: ``(N, 3)`` float64 points in world coordinates (mm, RAS+), or ``None``.
+        sources: ``{part name: source file}`` for messages and provenance.
     """
 
     subject_id: str
-    image: np.ndarray
-    structures: np.ndarray
-    segmentation: np.ndarray
-    affine: np.ndarray
-    image_path: str
+    images: dict
+    labels: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    landmarks: np.ndarray | None = None
+    sources: dict = field(default_factory=dict)
+
+    @property
+    def image(self) -> np.ndarray:
+        """The first image ``(X, Y, Z)``."""
+        return next(iter(self.images.values()))
+
+    @property
+    def image_path(self) -> str:
+        """Source file of the first image."""
+        return self.sources.get(next(iter(self.images)), "")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Grid shape in voxels."""
+        return tuple(self.image.shape[:3])
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm per array axis, ``(3,)``."""
+        return np.sqrt((np.asarray(self.affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+    def label(self, name: str) -> np.ndarray:
+        """The label map ``name``.
+
+        Raises:
+            DataError: the sample has no such label map (the message names the subject and the
+                label maps it has).
+        """
+        if name not in self.labels:
+            have = ", ".join(sorted(self.labels)) or "none"
+            raise DataError(f"{self.subject_id}: no label map {name!r} (label maps: {have})")
+        return self.labels[name]
+
+    @property
+    def structures(self) -> np.ndarray:
+        """``label("structures")``: the registration-evaluation structures."""
+        return self.label("structures")
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        """``label("segmentation")``: the segmentation classes."""
+        return self.label("segmentation")
+
+    def landmarks_voxels(self) -> np.ndarray | None:
+        """Landmarks in voxel coordinates of this grid, ``(N, 3)``, or ``None``."""
+        if self.landmarks is None:
+            return None
+        pts = np.c_[np.asarray(self.landmarks, dtype=np.float64), np.ones(len(self.landmarks))]
+        return np.linalg.solve(np.asarray(self.affine, dtype=np.float64), pts.T).T[:, :3]
 
 
-def _round_up4(shape: Sequence[int]) -> tuple[int, int, int]:
-    return tuple(int(4 * -(-int(s) // 4)) for s in shape)
+def read_landmarks_csv(path: str | os.PathLike) -> np.ndarray:
+    """Read ``(N, 3)`` world points (mm, RAS+) from a CSV with one ``x,y,z`` per row.
+
+    A first row that is not numeric is taken as a header.
+
+    Raises:
+        DataError: unreadable file or rows without 3 numbers (naming the file).
+    """
+    try:
+        rows = [r.strip() for r in open(path, encoding="utf-8").read().splitlines() if r.strip()]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read landmarks ({exc.strerror or exc})") from exc
+    try:
+        float(rows[0].replace(";", ",").split(",")[0])
+    except (ValueError, IndexError):
+        rows = rows[1:]
+    try:
+        pts = np.array([[float(v) for v in r.replace(";", ",").split(",")[:3]] for r in rows],
+                       dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: landmarks must be rows of 3 numbers x,y,z ({exc})") from exc
+    if pts.ndim != 2 or pts.shape[1] != 3 or not len(pts):
+        raise DataError(f"{path}: landmarks must be rows of 3 numbers x,y,z")
+    return pts
+
+
+def read_subject(subject: Subject) -> Sample:
+    """Read every part of a subject (RAS+, validated) onto the first image's grid.
+
+    Raises:
+        DataError: unreadable or invalid files (named), or a part on another grid when
+            ``subject.common_grid == "check"``.
+    """
+    from .preprocessing import resample_onto
+
+    first_name = next(iter(subject.images))
+    reference = load_volume(subject.images[first_name])
+    sample = Sample(subject.subject_id, {first_name: reference.data.astype(np.float32, copy=False)},
+                    affine=reference.affine, sources={first_name: reference.path})
+
+    def onto_grid(vol: Volume, label: bool) -> np.ndarray:
+        if subject.common_grid == "resample":
+            try:
+                check_same_grid(reference, vol)
+            except DataError:
+                return resample_onto(vol, reference, label=label).data
+        check_same_grid(reference, vol)
+        return vol.data
+
+    for name, path in list(subject.images.items())[1:]:
+        sample.images[name] = onto_grid(load_volume(path), False).astype(np.float32, copy=False)
+        sample.sources[name] = str(path)
+    for name, path in subject.labels.items():
+        sample.labels[name] = onto_grid(load_volume(path, label=True), True)
+        sample.sources[name] = str(path)
+    for name, path in subject.masks.items():
+        sample.masks[name] = onto_grid(load_volume(path), True) != 0
+        sample.sources[name] = str(path)
+    if subject.landmarks is not None:
+        if isinstance(subject.landmarks, (str, os.PathLike)):
+            sample.landmarks = read_landmarks_csv(subject.landmarks)
+        else:
+            sample.landmarks = np.asarray(subject.landmarks, dtype=np.float64).reshape(-1, 3)
+    return sample
 
 
 class SubjectDataset:
@@ -78,63 +245,28 @@ class SubjectDataset:
             U-ReSNet); stand-ins must be ``False`` so that reports never present their numbers as
             a reproduction of the paper's.
         subjects: the subjects.
-        structure_mapping: label ids -> registration-evaluation structures (Table 1).
-        segmentation_mapping: label ids -> segmentation classes (§4.1).
-        crop_shape: output box ``(X, Y, Z)`` in voxels (RAS order), or ``None`` for the input
-            shape rounded up to a multiple of 4 (shapes then may differ between subjects).
-        spacing_mm: resample to this voxel size (mm; scalar or 3 values) before anything else, or
-            ``None`` to keep the files' grid.
-        skull_strip: how the brain is found and the skull removed:
-            ``"label"``: brain = label map > 0;
-            ``"brainmask"``: brain = non-zero voxels of the subject's ``brain_mask_path`` (e.g.
-            FreeSurfer ``brainmask.mgz``, a skull-stripped image); a subject without one falls
-            back to label > 0;
-            ``"none"``: nothing is removed and the z-score is over the whole volume; the crop is
-            centred on the centre of mass of label > 0.
-            In the first two modes the image is set to 0 outside the brain and the z-score uses
-            the brain voxels only.
+        recipe: the preprocessing :class:`~regseg.datasets.recipes.Recipe`.
         cache: keep each loaded :class:`Sample` in memory (shared with :meth:`subset` datasets).
 
     Raises:
-        ValueError: unknown ``skull_strip``, duplicate subject ids, or a bad ``crop_shape``.
+        ValueError: duplicate subject ids (named).
     """
 
-    def __init__(
-        self,
-        name: str,
-        is_paper_dataset: bool,
-        subjects: Sequence[Subject],
-        structure_mapping: LabelMapping,
-        segmentation_mapping: LabelMapping,
-        crop_shape: Sequence[int] | None,
-        spacing_mm: float | Sequence[float] | None = None,
-        skull_strip: str = "label",
-        cache: bool = False,
-        *,
-        _cache_store: dict | None = None,
-    ):
-        if skull_strip not in SKULL_STRIP_MODES:
-            raise ValueError(f"skull_strip must be one of {SKULL_STRIP_MODES}, got {skull_strip!r}")
+    def __init__(self, name: str, is_paper_dataset: bool, subjects: Sequence[Subject],
+                 recipe: Recipe, cache: bool = False, *, _cache_store: dict | None = None):
         ids = [s.subject_id for s in subjects]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ValueError(f"duplicate subject ids: {dup}")
-        if crop_shape is not None:
-            crop_shape = tuple(int(c) for c in crop_shape)
-            if len(crop_shape) != 3 or min(crop_shape) < 1:
-                raise ValueError(f"crop_shape must be 3 positive integers, got {crop_shape}")
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"recipe must be a regseg.datasets.recipes.Recipe, got {type(recipe)}")
         self.name = name
         self.is_paper_dataset = bool(is_paper_dataset)
         self.subjects = list(subjects)
-        self.structure_mapping = structure_mapping
-        self.segmentation_mapping = segmentation_mapping
-        self.crop_shape = crop_shape
-        self.spacing_mm = spacing_mm
-        self.skull_strip = skull_strip
+        self.recipe = recipe
         self.cache = bool(cache)
         self._cache: dict[str, Sample] = {} if _cache_store is None else _cache_store
 
-    # -- basic container protocol -------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.subjects)
 
@@ -146,18 +278,22 @@ class SubjectDataset:
             yield self.load(i)
 
     def __repr__(self) -> str:
-        return (f"SubjectDataset(name={self.name!r}, n={len(self)}, crop_shape={self.crop_shape}, "
-                f"spacing_mm={self.spacing_mm}, skull_strip={self.skull_strip!r})")
+        return f"SubjectDataset(name={self.name!r}, n={len(self)}, recipe={self.recipe.name!r})"
+
+    @property
+    def label_names(self) -> dict[str, list[str]]:
+        """``{label map: class names}`` produced by the recipe (class ``k + 1`` = ``names[k]``)."""
+        return self.recipe.label_names()
 
     @property
     def structure_names(self) -> list[str]:
-        """Names of the evaluation structures; ``structures == k + 1`` is ``structure_names[k]``."""
-        return list(self.structure_mapping.names)
+        """Class names of the ``structures`` label map (U-ReSNet: the 15 of Table 1)."""
+        return self.label_names.get("structures", [])
 
     @property
     def class_names(self) -> list[str]:
-        """Names of the segmentation classes; ``segmentation == k + 1`` is ``class_names[k]``."""
-        return list(self.segmentation_mapping.names)
+        """Class names of the ``segmentation`` label map (U-ReSNet: CeblWM, CeblC, LV)."""
+        return self.label_names.get("segmentation", [])
 
     @property
     def subject_ids(self) -> list[str]:
@@ -166,84 +302,27 @@ class SubjectDataset:
 
     def subset(self, indices: Sequence[int]) -> "SubjectDataset":
         """A dataset with the subjects at ``indices`` (same recipe, shared in-memory cache)."""
-        return SubjectDataset(
-            self.name, self.is_paper_dataset, [self.subjects[int(i)] for i in indices],
-            self.structure_mapping, self.segmentation_mapping, self.crop_shape, self.spacing_mm,
-            self.skull_strip, self.cache, _cache_store=self._cache,
-        )
+        return SubjectDataset(self.name, self.is_paper_dataset,
+                              [self.subjects[int(i)] for i in indices], self.recipe, self.cache,
+                              _cache_store=self._cache)
 
-    # -- loading ------------------------------------------------------------------------------
-    def _maybe_resample(self, vol: Volume, label: bool) -> Volume:
-        if self.spacing_mm is None:
-            return vol
-        target = np.broadcast_to(np.asarray(self.spacing_mm, dtype=np.float64), (3,))
-        if np.allclose(vol.spacing, target, atol=1e-3, rtol=0):
-            return vol
-        return resample_to_spacing(vol, target, label=label)
+    def with_recipe(self, recipe: Recipe) -> "SubjectDataset":
+        """The same subjects under another recipe (its own cache)."""
+        return SubjectDataset(self.name, self.is_paper_dataset, self.subjects, recipe, self.cache)
 
     def load(self, i: int) -> Sample:
-        """Load and preprocess subject ``i`` (U-ReSNet §3.5).
-
-        Steps: read image and label map (RAS+, :func:`~regseg.datasets.io.load_volume`); check
-        they share a grid; resample if ``spacing_mm`` is set (linear for the image, nearest for
-        labels and mask); find the brain (``skull_strip``) and zero the image outside it; z-score
-        over the brain; crop ``crop_shape`` voxels around the brain's (binary) centre of mass;
-        map labels to structures and classes; check that every structure and class is present.
-
-        Returns:
-            :class:`Sample` (arrays of shape ``crop_shape``).
+        """Read subject ``i`` (:func:`read_subject`) and apply the recipe.
 
         Raises:
             IndexError: ``i`` out of range.
-            DataError: (naming the file) unreadable or invalid files, image/label (or mask) grid
-                mismatch, an empty brain, or a structure/class missing after cropping.
+            DataError: (naming the file) unreadable or invalid files, grid mismatch, or a recipe
+                step that cannot be applied (e.g. an empty mask, a structure missing after
+                cropping, a part the step needs).
         """
         subject = self.subjects[i]
         if self.cache and subject.subject_id in self._cache:
             return self._cache[subject.subject_id]
-
-        image = load_volume(subject.image_path)
-        label = load_volume(subject.label_path, label=True)
-        check_same_grid(image, label)
-        brain_vol = None
-        if self.skull_strip == "brainmask" and subject.brain_mask_path is not None:
-            brain_vol = load_volume(subject.brain_mask_path)
-            check_same_grid(image, brain_vol)
-            brain_vol = Volume((brain_vol.data != 0).astype(np.int32), brain_vol.affine,
-                               brain_vol.path)
-
-        image = self._maybe_resample(image, label=False)
-        label = self._maybe_resample(label, label=True)
-        if brain_vol is not None:
-            brain_vol = self._maybe_resample(brain_vol, label=True)
-
-        if brain_vol is not None:
-            brain = brain_vol.data > 0
-            brain_source = brain_vol.path
-        else:
-            brain = label.data > 0
-            brain_source = label.path
-        if not brain.any():
-            raise DataError(f"{brain_source}: brain mask is empty")
-
-        if self.skull_strip == "none":
-            data = normalise_zscore(image.data, np.ones(image.data.shape, dtype=bool))
-        else:
-            try:
-                data = normalise_zscore(image.data, brain)
-            except ValueError as exc:
-                raise DataError(f"{image.path}: {exc}") from exc
-
-        crop_shape = self.crop_shape or _round_up4(data.shape)
-        (img_c, lab_c), affine = crop_around_centre_of_mass(
-            [data, label.data], brain, crop_shape, image.affine)
-        structures = self.structure_mapping.apply(lab_c)
-        segmentation = self.segmentation_mapping.apply(lab_c)
-        check_structures_present(structures, self.structure_names, label.path)
-        check_structures_present(segmentation, self.class_names, label.path)
-
-        sample = Sample(subject_id=subject.subject_id, image=img_c, structures=structures,
-                        segmentation=segmentation, affine=affine, image_path=subject.image_path)
+        sample = self.recipe(read_subject(subject))
         if self.cache:
             self._cache[subject.subject_id] = sample
         return sample
@@ -267,9 +346,10 @@ class Splits:
         """Whether this is the data the paper used."""
         return self.train.is_paper_dataset
 
-    def as_dict(self) -> dict[str, SubjectDataset]:
-        """``{"train": ..., "validation": ..., "test": ...}``."""
-        return {"train": self.train, "validation": self.validation, "test": self.test}
+    @property
+    def recipe(self) -> Recipe:
+        """The preprocessing recipe (the training split's)."""
+        return self.train.recipe
 
 
 def _proportional_targets(sizes: Sequence[int], n: int) -> list[int]:
@@ -310,7 +390,8 @@ def split_subjects(
         subjects: the subjects (ids must be unique).
         sizes: ``(train, validation, test)`` numbers of subjects (images).
         seed: random seed of the permutation.
-        group_key: maps a subject to its group (e.g. the OASIS-3 subject of a session).
+        group_key: maps a subject to its group (e.g. the OASIS-3 subject of a session); default
+            the subject's ``group`` attribute where set, else the subject alone.
         shuffle: ``False`` keeps the sorted order (first ``train`` to train, and so on).
 
     Returns:
@@ -336,7 +417,8 @@ def split_subjects(
 
     groups: dict[str, list[Subject]] = {}
     for s in subjects:
-        groups.setdefault(str(group_key(s)) if group_key else s.subject_id, []).append(s)
+        key = group_key(s) if group_key else (s.group or s.subject_id)
+        groups.setdefault(str(key), []).append(s)
     keys = sorted(groups)
     if shuffle:
         keys = [keys[k] for k in np.random.default_rng(seed).permutation(len(keys))]

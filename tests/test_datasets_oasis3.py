@@ -17,6 +17,7 @@ from regseg.datasets import (
     SubjectDataset,
 )
 from regseg.datasets.io import DataError
+from regseg.datasets.recipes import ureSnet_recipe
 from regseg.datasets.oasis3 import find_oasis3_sessions, oasis3_splits, oasis3_subject_of
 
 # FreeSurfer conformed orientation (LIA), 1 mm, centred.
@@ -122,8 +123,8 @@ def test_missing_structure_is_reported(tmp_path):
     aseg[aseg == 15] = 0                                               # no 4th ventricle
     nib.save(nib.MGHImage(aseg, LIA), str(mri / "aseg.mgz"))
     sessions = find_oasis3_sessions(tmp_path)
-    ds = SubjectDataset("t", True, sessions, FREESURFER_TABLE1, FREESURFER_SEGMENTATION,
-                        crop_shape=(48, 48, 48))
+    ds = SubjectDataset("t", True, sessions,
+                        ureSnet_recipe((48, 48, 48), FREESURFER_TABLE1, FREESURFER_SEGMENTATION))
     with pytest.raises(DataError) as e:
         ds.load(0)
     assert "aseg.mgz" in str(e.value) and "4V" in str(e.value)
@@ -148,8 +149,9 @@ def test_layout_errors(tmp_path):
 def test_resampling_path(oasis_root):
     """spacing_mm: image/labels/mask resampled to 2 mm before preprocessing; volumes kept (mm^3)."""
     sessions = find_oasis3_sessions(oasis_root)[:1]
-    ds = SubjectDataset("t", False, sessions, FREESURFER_TABLE1, FREESURFER_SEGMENTATION,
-                        crop_shape=(24, 24, 24), spacing_mm=2.0, skull_strip="brainmask")
+    ds = SubjectDataset("t", False, sessions,
+                        ureSnet_recipe((24, 24, 24), FREESURFER_TABLE1, FREESURFER_SEGMENTATION,
+                                       spacing_mm=2.0, skull_strip="brainmask"))
     sample = ds.load(0)
     assert sample.image.shape == (24, 24, 24)
     np.testing.assert_allclose(np.linalg.norm(sample.affine[:3, :3], axis=0), [2.0, 2.0, 2.0])
