@@ -102,7 +102,7 @@ def _image_names(sample, image):
 
 @register_step
 @dataclass(frozen=True)
-class Resample:
+class Resample(Step):
     """Resample every part to a voxel size (mm) with SimpleITK, keeping the field of view.
 
     Images linear, label maps and masks nearest neighbour
@@ -134,7 +134,7 @@ class Resample:
 
 @register_step
 @dataclass(frozen=True)
-class ResampleToShape:
+class ResampleToShape(Step):
     """Resample every part to a grid of ``shape`` voxels covering the same field of view.
 
     The voxel size becomes ``old spacing * old shape / shape`` per axis (SimpleITK; images
@@ -160,7 +160,7 @@ class ResampleToShape:
 
 @register_step
 @dataclass(frozen=True)
-class MaskFromLabels:
+class MaskFromLabels(Step):
     """Mask ``mask`` = ``label > 0`` (e.g. the brain from a whole-brain parcellation).
 
     With ``if_missing=True`` an existing mask of that name (e.g. from a skull-stripped image) is
@@ -184,7 +184,7 @@ class MaskFromLabels:
 
 @register_step
 @dataclass(frozen=True)
-class MaskFromImage:
+class MaskFromImage(Step):
     """Mask ``mask`` = ``image != 0`` (e.g. FreeSurfer's skull-stripped ``brainmask.mgz``)."""
 
     image: str | None = None
@@ -200,7 +200,7 @@ class MaskFromImage:
 
 @register_step
 @dataclass(frozen=True)
-class SkullStrip:
+class SkullStrip(Step):
     """Set every image to 0 outside the mask (U-ReSNet §3.5: "skull removed")."""
 
     mask: str = "brain"
@@ -220,7 +220,7 @@ class SkullStrip:
 
 @register_step
 @dataclass(frozen=True)
-class ZScore:
+class ZScore(Step):
     """N(0, 1) normalisation over a mask (or the whole volume); 0 outside the mask.
 
     :func:`~regseg.datasets.preprocessing.normalise_zscore` (population std).
@@ -245,7 +245,7 @@ class ZScore:
 
 @register_step
 @dataclass(frozen=True)
-class Clip:
+class Clip(Step):
     """Clip intensities to ``[low, high]`` (e.g. the released U-ReSNet code's ±5 after z-score)."""
 
     low: float = -5.0
@@ -264,7 +264,7 @@ class Clip:
 
 @register_step
 @dataclass(frozen=True)
-class MinMax:
+class MinMax(Step):
     """Rescale intensities linearly to ``[0, 1]`` over the volume (min -> 0, max -> 1).
 
     Gunnarsson et al. 2020 §3 ("normalised to [0, 1]"); the released U-ReSNet code after its clip.
@@ -287,7 +287,7 @@ class MinMax:
 
 @register_step
 @dataclass(frozen=True)
-class HounsfieldWindow:
+class HounsfieldWindow(Step):
     """CT window: clip to ``[level - width/2, level + width/2]`` HU, then rescale to [0, 1]."""
 
     level: float = -600.0
@@ -331,7 +331,7 @@ def _crop_all(sample, start: np.ndarray, shape: tuple[int, ...]):
 
 @register_step
 @dataclass(frozen=True)
-class CropOrPad:
+class CropOrPad(Step):
     """Centred crop or zero-pad of every part to ``shape`` voxels (whole voxels, no interpolation)."""
 
     shape: tuple = (64, 64, 64)
@@ -350,7 +350,7 @@ def _round_up4(shape) -> tuple[int, int, int]:
 
 @register_step
 @dataclass(frozen=True)
-class CropAroundCentreOfMass:
+class CropAroundCentreOfMass(Step):
     """Move the mask's centre of mass to the box centre and crop (U-ReSNet §3.5).
 
     See :func:`~regseg.datasets.preprocessing.crop_around_centre_of_mass` (whole-voxel
@@ -380,7 +380,7 @@ class CropAroundCentreOfMass:
 
 @register_step
 @dataclass(frozen=True)
-class Flip:
+class Flip(Step):
     """Flip every part along array ``axes`` (e.g. right knees to left, DeepAtlas §3).
 
     The affine is updated so that world coordinates are unchanged (only the voxel order flips).
@@ -406,7 +406,7 @@ class Flip:
 
 @register_step
 @dataclass(frozen=True)
-class MapLabels:
+class MapLabels(Step):
     """Map a raw label map to named label maps with :class:`~regseg.datasets.labels.LabelMapping`.
 
     ``mappings`` = ``{output name: LabelMapping}``, e.g. U-ReSNet's ``structures`` (the 15

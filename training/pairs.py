@@ -1,4 +1,11 @@
-"""Moving/reference pairs and their ``tf.data`` pipelines.
+"""Pairing strategies and the ``tf.data`` pipeline of (moving, fixed) pairs.
+
+Strategies (all return int arrays ``(P, 2)`` of (moving, fixed) subject indices):
+:func:`training_pairs` (random pairs per epoch), :func:`all_ordered_pairs`,
+:func:`consecutive_pairs`, :func:`atlas_pairs`, :func:`listed_pairs` (e.g. Learn2Reg's JSON),
+:func:`same_subject_pairs` (two modalities of one subject) and :func:`validation_pairs`.
+:func:`pair_dataset` turns any of them into batches through a paper's own mapping
+``(moving sample, fixed sample) -> (inputs, targets)``.
 
 U-ReSNet §4: "we randomly shuffle the training set to generate different pairs
 of moving and reference images per epoch, fixing however the ones on
@@ -56,53 +63,116 @@ def all_ordered_pairs(n_subjects: int):
                     dtype=np.int64).reshape(-1, 2)
 
 
-def pair_dataset(sources, pairs, batch_size: int, n_classes: int | None, *, repeat=False):
-    """``tf.data`` pipeline of (inputs, targets) for Keras ``fit``.
+def consecutive_pairs(n_subjects: int):
+    """``i -> (i + 1) mod n`` for every subject: ``(n, 2)`` array (U-ReSNet's test pairs)."""
+    return np.array([(i, (i + 1) % n_subjects) for i in range(n_subjects)],
+                    dtype=np.int64).reshape(-1, 2)
+
+
+def atlas_pairs(n_subjects: int, atlas: int, *, include_atlas: bool = False):
+    """Every subject to one fixed atlas: rows ``(i, atlas)``; ``(n - 1, 2)`` (or ``(n, 2)``).
+
+    Bouabid et al. §4.2: every source scan registered to one fixed atlas scan.
+
+    Raises:
+        ValueError: ``atlas`` out of range.
+    """
+    if not 0 <= atlas < n_subjects:
+        raise ValueError(f"atlas index {atlas} out of range for {n_subjects} subjects")
+    return np.array([(i, atlas) for i in range(n_subjects) if include_atlas or i != atlas],
+                    dtype=np.int64).reshape(-1, 2)
+
+
+def same_subject_pairs(n_subjects: int):
+    """``(i, i)`` for every subject: pairs of two modalities of one subject (cooperating networks).
+
+    The pair mapping given to :func:`pair_dataset` picks the moving modality from the first
+    sample and the fixed modality from the second.
+    """
+    return np.stack([np.arange(n_subjects)] * 2, axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def listed_pairs(subject_ids, pairs, *, moving_ids=None):
+    """Indices of pairs listed by subject id (e.g. Learn2Reg's registration pairs).
 
     Args:
-        sources: pair of objects with ``load(i) -> Sample`` (``image`` float32
-            (X, Y, Z), ``segmentation`` int (X, Y, Z) with 0 = background); the
-            first serves the moving, the second the reference index (they may
-            be the same dataset).
-        pairs: int array ``(P, 2)`` of (moving, reference) indices.
-        batch_size: GLOBAL batch (per-replica batch x replicas); the last
-            incomplete batch is dropped.
-        n_classes: foreground segmentation classes; ``None`` for a
-            registration-only model (no segmentation targets).
+        subject_ids: ids of the fixed dataset, in dataset order (and of the moving dataset,
+            unless ``moving_ids`` is given).
+        pairs: iterable of ``(moving id, fixed id)``.
+        moving_ids: ids of the moving dataset when it differs.
     Returns:
-        Dataset of ``({"moving", "reference"}: (B, X, Y, Z, 1),
-        {"deformed": reference, "moving_seg", "warped_seg": one-hot
-        (B, X, Y, Z, n_classes + 1)})``.
+        int array ``(P, 2)`` of (moving, fixed) indices.
+    Raises:
+        KeyError: an id that is not in the dataset (named).
     """
-    moving_src, reference_src = sources
-    probe = moving_src.load(int(pairs[0][0]))
-    shape = tuple(probe.image.shape)
+    fixed_index = {s: k for k, s in enumerate(subject_ids)}
+    moving_index = fixed_index if moving_ids is None else {s: k for k, s in enumerate(moving_ids)}
+    out = []
+    for moving, fixed in pairs:
+        for sid, index, role in ((moving, moving_index, "moving"), (fixed, fixed_index, "fixed")):
+            if sid not in index:
+                raise KeyError(f"listed pair ({moving} -> {fixed}): {role} subject {sid!r} is not "
+                               f"in the dataset")
+        out.append((moving_index[moving], fixed_index[fixed]))
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+def _flatten(inputs, targets):
+    keys = [("in", k) for k in inputs] + [("out", k) for k in targets]
+    arrays = [np.asarray(inputs[k]) for k in inputs] + [np.asarray(targets[k]) for k in targets]
+    return keys, arrays
+
+
+def pair_dataset(sources, pairs, batch_size: int, mapping, *, repeat=False):
+    """``tf.data`` pipeline of ``(inputs, targets)`` built from (moving, fixed) sample pairs.
+
+    Args:
+        sources: pair of objects with ``load(i) -> Sample`` (e.g.
+            :class:`~regseg.datasets.subjects.SubjectDataset`); the first serves the moving, the
+            second the fixed index (they may be the same dataset).
+        pairs: int array ``(P, 2)`` of (moving, fixed) indices.
+        batch_size: GLOBAL batch (per-replica batch x replicas); the last incomplete batch is
+            dropped.
+        mapping: ``f(moving: Sample, fixed: Sample) -> (inputs, targets)``, two dicts of numpy
+            arrays without the batch axis (e.g. U-ReSNet: inputs ``{"moving", "reference"}``
+            ``(X, Y, Z, 1)``, targets ``{"deformed", "moving_seg", "warped_seg"}``). Keys,
+            shapes and dtypes must be the same for every pair (taken from the first pair).
+        repeat: repeat the pairs forever.
+    Returns:
+        ``tf.data.Dataset`` of ``(inputs, targets)`` dicts batched to ``(B, ...)``; pairs are
+        read in order (deterministic) with ``tf.data.AUTOTUNE`` parallelism and prefetching.
+    Raises:
+        ValueError: no pairs, or a batch larger than the pairs.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        raise ValueError("pair_dataset: no pairs")
+    if not repeat and batch_size > len(pairs):
+        raise ValueError(f"pair_dataset: batch {batch_size} is larger than the {len(pairs)} pairs")
+    moving_src, fixed_src = sources
+    probe_in, probe_out = mapping(moving_src.load(int(pairs[0][0])), fixed_src.load(int(pairs[0][1])))
+    keys, probe = _flatten(probe_in, probe_out)
+    dtypes = [tf.as_dtype(a.dtype) for a in probe]
+    shapes = [a.shape for a in probe]
 
     def _load(i, j):
-        a, b = moving_src.load(int(i)), reference_src.load(int(j))
-        return (a.image[..., None].astype(np.float32), b.image[..., None].astype(np.float32),
-                a.segmentation.astype(np.int32), b.segmentation.astype(np.int32))
+        inputs, targets = mapping(moving_src.load(int(i)), fixed_src.load(int(j)))
+        _, arrays = _flatten(inputs, targets)
+        return [np.asarray(a, dtype=p.dtype) for a, p in zip(arrays, probe)]
 
     def _map(pair):
-        m, r, ms, rs = tf.numpy_function(_load, [pair[0], pair[1]],
-                                         [tf.float32, tf.float32, tf.int32, tf.int32],
-                                         stateful=False)
-        m.set_shape((*shape, 1))
-        r.set_shape((*shape, 1))
-        ms.set_shape(shape)
-        rs.set_shape(shape)
-        inputs = {"moving": m, "reference": r}
-        targets = {"deformed": r}
-        if n_classes is not None:
-            targets["moving_seg"] = tf.one_hot(ms, n_classes + 1, dtype=tf.float32)
-            targets["warped_seg"] = tf.one_hot(rs, n_classes + 1, dtype=tf.float32)
+        flat = tf.numpy_function(_load, [pair[0], pair[1]], dtypes, stateful=False)
+        inputs, targets = {}, {}
+        for (kind, key), tensor, shape in zip(keys, flat, shapes):
+            tensor.set_shape(shape)
+            (inputs if kind == "in" else targets)[key] = tensor
         return inputs, targets
 
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(pairs, dtype=np.int64))
+    ds = tf.data.Dataset.from_tensor_slices(pairs)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(_map, num_parallel_calls=2, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+    ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)

@@ -194,8 +194,7 @@ def losses_and_weights(config: UReSNetConfig):
     loss = {"deformed": ReconstructionLoss(mse_weight=1.0, lcc_weight=1.0, window=9)}
     weights = {"deformed": config.w1}
     if config.segmentation:
-        exclude = not config.dice_background
-        loss.update(moving_seg=SoftDiceLoss(exclude_background=exclude),
-                    warped_seg=SoftDiceLoss(exclude_background=exclude))
+        loss.update(moving_seg=SoftDiceLoss(include_background=config.dice_background),
+                    warped_seg=SoftDiceLoss(include_background=config.dice_background))
         weights.update(moving_seg=config.w2 * config.gamma, warped_seg=config.w2 * config.delta)
     return loss, weights

@@ -10,7 +10,7 @@ See reproductions/ureSnet/README.md (presets, fidelity table) and --help.
 
 import sys
 
-from regseg.reproductions.ureSnet.experiment import main
+from regseg.reproductions.ureSnet.reproduction import REPRODUCTION
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(REPRODUCTION.main())

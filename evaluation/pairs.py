@@ -1,0 +1,256 @@
+"""One evaluation of registration methods on test pairs, shared by every paper.
+
+The registration-model protocol
+-------------------------------
+Every method, trained or not, is a *registrar*: an object with
+
+``register(moving: Sample, fixed: Sample) -> dict``
+
+returning numpy arrays without a batch axis:
+
+* ``"displacement"`` (required): ``(X, Y, Z, 3)`` in voxels of the moving grid; the moving
+  image is sampled at ``identity + displacement`` for every fixed voxel (backward warping);
+* ``"grid"`` (optional): that sampling grid itself, when the model outputs it (avoids the round
+  trip ``identity + (grid - identity)``);
+* ``"warped"`` (optional): ``(X, Y, Z)`` the warped moving image (else computed here);
+* ``"moving_seg"`` / ``"fixed_seg"`` (optional): ``(X, Y, Z, K + 1)`` class probabilities
+  predicted for the moving / fixed image (segmentation Dice is reported for them).
+
+:class:`IdentityRegistrar` is the "Initial" / "Rigid after preprocessing" row.
+
+:func:`evaluate_pairs` computes, per pair and method: Dice per structure (labels warped by the
+argmax of the trilinearly warped one-hot maps, or by nearest neighbour), optionally HD95 (mm),
+TRE (mm) where both samples have landmarks, the Jacobian statistics (folded fraction, SDlogJ)
+inside a mask of the fixed image when given, the segmentation Dice of predicted segmentations,
+the seconds per pair, and writes the NIfTI outputs in the fixed image's geometry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+
+__all__ = ["Registrar", "IdentityRegistrar", "PairEvaluation", "evaluate_pairs", "warp_labels",
+           "LABEL_RULES"]
+
+#: Rules for warping label maps: "argmax" (one-hot, trilinear, argmax; U-ReSNet's released
+#: evaluation default in this suite) or "nearest" (nearest-neighbour sampling).
+LABEL_RULES = ("argmax", "nearest")
+
+
+class Registrar(Protocol):
+    """Anything with ``register(moving, fixed) -> {"displacement": (X, Y, Z, 3), ...}``."""
+
+    def register(self, moving, fixed) -> dict:  # pragma: no cover - protocol
+        ...
+
+
+class IdentityRegistrar:
+    """The identity transform: zero displacement (the "Initial" row of a table)."""
+
+    def register(self, moving, fixed) -> dict:
+        """Zero displacement on the fixed grid; raises ValueError if the grids differ."""
+        if tuple(moving.shape) != tuple(fixed.shape):
+            raise ValueError(f"identity registration needs equal grids: moving {moving.shape}, "
+                             f"fixed {fixed.shape}")
+        return {"displacement": np.zeros((*fixed.shape, 3), dtype=np.float32)}
+
+
+def _identity(shape) -> np.ndarray:
+    return np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"),
+                    axis=-1)
+
+
+def warp_labels(labels: np.ndarray, grid: np.ndarray, n_labels: int, rule: str = "argmax"):
+    """Warp a label map with a sampling grid.
+
+    Args:
+        labels: int ``(X, Y, Z)`` with values ``0..n_labels``.
+        grid: ``(X', Y', Z', 3)`` sampling grid, voxels of ``labels``.
+        n_labels: number of foreground labels.
+        rule: ``"argmax"``: one-hot, trilinear, argmax (border clamping); ``"nearest"``:
+            nearest-neighbour sampling (border clamping).
+    Returns:
+        int32 ``(X', Y', Z')``.
+    Raises:
+        ValueError: unknown rule.
+    """
+    from regseg.layers import warp
+
+    if rule not in LABEL_RULES:
+        raise ValueError(f"label rule must be one of {LABEL_RULES}, got {rule!r}")
+    grid = np.asarray(grid, dtype=np.float32)
+    if rule == "nearest":
+        out = warp(np.asarray(labels, np.float32)[None, ..., None], grid[None],
+                   interpolation="nearest")
+        return np.rint(np.asarray(out)[0, ..., 0]).astype(np.int32)
+    onehot = np.eye(n_labels + 1, dtype=np.float32)[labels]
+    warped = np.asarray(warp(onehot[None], grid[None]))[0]
+    return warped.argmax(-1).astype(np.int32)
+
+
+@dataclass
+class PairEvaluation:
+    """Per-pair results of :func:`evaluate_pairs`.
+
+    Attributes:
+        pairs: pair ids ``"moving->fixed"`` in evaluation order.
+        dice: ``{method: DataFrame}`` rows = pairs, columns = structures.
+        hd95: same layout (mm), when requested.
+        segmentation: ``{method: DataFrame}`` Dice of predicted moving segmentations, rows =
+            pairs, columns = classes (methods that predict one).
+        tre: DataFrame rows (pair, method, TRE mm mean over landmarks), where landmarks exist.
+        deformation: DataFrame rows (pair, method, folding fraction, SDlogJ).
+        seconds: DataFrame rows (pair, method, seconds of ``register``).
+        examples: ``{method: {"moving", "fixed", "outputs", "warped_labels"}}`` of the first pair.
+    """
+
+    pairs: list = field(default_factory=list)
+    dice: dict = field(default_factory=dict)
+    hd95: dict = field(default_factory=dict)
+    segmentation: dict = field(default_factory=dict)
+    tre: pd.DataFrame = field(default_factory=pd.DataFrame)
+    deformation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    seconds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    examples: dict = field(default_factory=dict)
+
+    def per_pair_dice(self) -> pd.DataFrame:
+        """All methods' Dice in one long table: index pair, column ``method`` then structures."""
+        frames = []
+        for method, df in self.dice.items():
+            d = df.copy()
+            d.insert(0, "method", method)
+            frames.append(d)
+        return pd.concat(frames).rename_axis("pair") if frames else pd.DataFrame()
+
+
+def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs, *,
+                   structures: str | None = "structures", segmentation: str | None = None,
+                   label_rule: str = "argmax", hd95: bool = False, jacobian_mask: str | None = None,
+                   nifti_dir: str | Path | None = None, folder_names: Mapping[str, str] | None = None,
+                   ) -> PairEvaluation:
+    """Evaluate every registrar on the same (moving, fixed) pairs.
+
+    Args:
+        registrars: ``{method name: registrar}`` (see the module docstring).
+        samples: the test :class:`~regseg.datasets.subjects.Sample` objects (or a dataset).
+        pairs: int ``(P, 2)`` of (moving, fixed) indices into ``samples``.
+        structures: label map scored with Dice (classes named by ``structure_names`` of the
+            dataset when ``samples`` is one; else ``"1", "2", ...``); ``None`` for no Dice.
+        segmentation: label map the predicted ``moving_seg`` is scored against, or ``None``.
+        label_rule: see :func:`warp_labels`.
+        hd95: also compute the 95th-percentile Hausdorff distance per structure (mm).
+        jacobian_mask: name of a mask of the fixed sample inside which the folded fraction and
+            SDlogJ are computed (``None``: the whole volume).
+        nifti_dir: write ``<folder>/<moving>_to_<fixed>_{warped,warped_structures,
+            displacement_voxels}.nii.gz`` in the fixed sample's geometry.
+        folder_names: ``{method: folder}`` for ``nifti_dir`` (default: the method name).
+    Returns:
+        :class:`PairEvaluation`.
+    Raises:
+        ValueError: unknown label rule; DataError: a sample without a label map it needs.
+    """
+    from regseg.datasets.io import save_volume
+    from regseg.layers import warp
+
+    if label_rule not in LABEL_RULES:
+        raise ValueError(f"label rule must be one of {LABEL_RULES}, got {label_rule!r}")
+    names = list(getattr(samples, "structure_names", []) or [])
+    classes = list(getattr(samples, "class_names", []) or [])
+    loaded = [samples.load(i) for i in range(len(samples))] if hasattr(samples, "load") \
+        else list(samples)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if structures is not None and not names:
+        n = int(max(int(s.label(structures).max()) for s in loaded))
+        names = [str(k) for k in range(1, n + 1)]
+    labels = list(range(1, len(names) + 1))
+    result = PairEvaluation()
+    dice_rows = {m: [] for m in registrars}
+    hd_rows = {m: [] for m in registrars}
+    seg_rows: dict = {}
+    tre_rows, def_rows, sec_rows = [], [], []
+    for i, j in pairs:
+        mov, fix = loaded[int(i)], loaded[int(j)]
+        pair_id = f"{mov.subject_id}->{fix.subject_id}"
+        result.pairs.append(pair_id)
+        for method, registrar in registrars.items():
+            t0 = time.perf_counter()
+            out = registrar.register(mov, fix)
+            sec_rows.append({"pair": pair_id, "method": method,
+                             "seconds": time.perf_counter() - t0})
+            disp = np.asarray(out["displacement"], dtype=np.float32)
+            moved = bool(disp.any())
+            grid = out.get("grid")
+            if grid is None:
+                grid = _identity(disp.shape[:-1]) + disp
+            grid = np.asarray(grid, dtype=np.float32)
+            warped_labels = None
+            if structures is not None:
+                source = mov.label(structures)
+                warped_labels = (warp_labels(source, grid, len(names), label_rule) if moved
+                                 else np.asarray(source, dtype=np.int32))
+                target = fix.label(structures)
+                dice_rows[method].append(metrics.dice(warped_labels, target, labels, empty=0.0))
+                if hd95:
+                    hd_rows[method].append([
+                        metrics.hd95(warped_labels == k, target == k, spacing=fix.spacing)
+                        if (warped_labels == k).any() and (target == k).any() else np.nan
+                        for k in labels])
+            if mov.landmarks is not None and fix.landmarks is not None:
+                fixed_vox = fix.landmarks_voxels()
+                from scipy import ndimage
+                mapped = np.stack([ndimage.map_coordinates(grid[..., a], fixed_vox.T, order=1,
+                                                           mode="nearest") for a in range(3)], 1)
+                world = (np.c_[mapped, np.ones(len(mapped))] @ np.asarray(mov.affine).T)[:, :3]
+                tre_rows.append({"pair": pair_id, "method": method,
+                                 "TRE mm": float(np.linalg.norm(world - mov.landmarks, axis=1).mean())})
+            if moved:
+                jac = metrics.jacobian_determinant(grid)
+                mask = fix.masks.get(jacobian_mask) if jacobian_mask else None
+                def_rows.append({"pair": pair_id, "method": method,
+                                 "folding fraction": metrics.folding_fraction(jac, mask=mask),
+                                 "SDlogJ": metrics.sd_log_jacobian(jac, mask=mask)})
+            if "moving_seg" in out and segmentation is not None:
+                pred = np.asarray(out["moving_seg"]).argmax(-1)
+                seg_rows.setdefault(method, []).append(metrics.dice(
+                    pred, mov.label(segmentation), list(range(1, len(classes) + 1)), empty=0.0))
+                out = {**out, "moving_seg_labels": pred}
+            warped = out.get("warped")
+            if warped is None:
+                warped = np.asarray(warp(np.asarray(mov.image, np.float32)[None, ..., None],
+                                         grid[None]))[0, ..., 0]
+            warped = np.asarray(warped).reshape(fix.shape)
+            if method not in result.examples:
+                result.examples[method] = {"pair": pair_id, "moving": mov, "fixed": fix,
+                                           "outputs": {**out, "grid": grid, "warped": warped},
+                                           "warped_labels": warped_labels}
+            if nifti_dir is not None:
+                folder = Path(nifti_dir) / (folder_names or {}).get(method, method)
+                stem = f"{mov.subject_id}_to_{fix.subject_id}"
+                save_volume(folder / f"{stem}_warped.nii.gz", warped.astype(np.float32), fix.affine)
+                if warped_labels is not None:
+                    save_volume(folder / f"{stem}_warped_structures.nii.gz",
+                                warped_labels.astype(np.int16), fix.affine)
+                save_volume(folder / f"{stem}_displacement_voxels.nii.gz",
+                            (grid - _identity(grid.shape[:-1])).astype(np.float32), fix.affine)
+    index = pd.Index(result.pairs, name="pair")
+    if structures is not None:
+        result.dice = {m: pd.DataFrame(np.array(v).reshape(len(index), -1), index=index,
+                                       columns=names) for m, v in dice_rows.items()}
+        if hd95:
+            result.hd95 = {m: pd.DataFrame(np.array(v).reshape(len(index), -1), index=index,
+                                           columns=names) for m, v in hd_rows.items()}
+    result.segmentation = {m: pd.DataFrame(np.array(v).reshape(len(index), -1), index=index,
+                                           columns=classes) for m, v in seg_rows.items()}
+    result.tre = pd.DataFrame(tre_rows)
+    result.deformation = pd.DataFrame(def_rows)
+    result.seconds = pd.DataFrame(sec_rows)
+    return result

@@ -1,0 +1,585 @@
+"""The shared experiment runner: one command line and one flow for every reproduction.
+
+A paper folder supplies a :class:`Reproduction` (its presets, datasets, methods, published
+numbers and table layout); ``reproductions/<paper>/run.py`` is then two lines::
+
+    from regseg.reproductions.<paper>.reproduction import REPRODUCTION
+    sys.exit(REPRODUCTION.main())
+
+The flow (:func:`run`)::
+
+    arguments -> preset -> data (download / demo fallback) -> MirroredStrategy
+      -> for each method: Method.fit(ctx, run folder) -> a registrar (training with resume)
+      -> Reproduction.evaluate -> evaluate_pairs on the test pairs
+      -> Reproduction.report -> tables beside the published numbers, figures
+      -> per-pair CSVs, run.json (provenance header in every table)
+
+Library functions raise exceptions; only :func:`main` turns them into an exit code and a
+one-line message (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Preset", "DatasetSpec", "Method", "KerasMethod", "TrainingPlan", "Table",
+           "Reproduction", "RunContext", "UsageError", "run", "main", "RUN_MANIFEST",
+           "read_run_manifest", "random_pairs_plan"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: File in every trained method's run folder: what ``python -m regseg register`` needs.
+RUN_MANIFEST = "regseg_run.json"
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot work (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings of one preset; a paper subclasses it to add its own (cite the paper's values).
+
+    Attributes:
+        name: preset name (``paper``, ``quick``, ``smoke``, ...).
+        dataset: default dataset key (one of the reproduction's ``datasets``).
+        epochs: training epochs.
+        batch_size: GLOBAL batch (per-replica batch x replicas).
+        description: one line for reports.
+    """
+
+    name: str
+    dataset: str
+    epochs: int
+    batch_size: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How a reproduction gets one dataset.
+
+    Attributes:
+        key: ``--dataset`` value.
+        load: ``f(data_root or None, ctx) -> Splits``.
+        download: ``f(cache folder) -> data root`` fetching a public sample when no data root
+            is given (network errors fall back to the demo dataset), or ``None``.
+        needs_root: without ``download``, whether a data root is required.
+        missing_root: message when a required data root is missing.
+    """
+
+    key: str
+    load: Callable
+    download: Callable | None = None
+    needs_root: bool = True
+    missing_root: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A result table to write: ``<stem>.csv`` and ``<stem>.md``."""
+
+    stem: str
+    frame: object
+    title: str
+    notes: str = ""
+
+
+@dataclass
+class RunContext:
+    """Everything a method or report needs about the current run."""
+
+    reproduction: "Reproduction"
+    args: argparse.Namespace
+    preset: Preset
+    splits: object = None
+    dataset_key: str = ""
+    data_root: Path | None = None
+    strategy: object = None
+    out_dir: Path = Path(".")
+    results_dir: Path = Path(".")
+    command: str = ""
+    verbose: int = 2
+    timings: dict = field(default_factory=dict)
+    start: float = field(default_factory=time.time)
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (``--seed``)."""
+        return int(self.args.seed)
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's name for titles."""
+        return self.splits.name
+
+    @property
+    def title_suffix(self) -> str:
+        """`` (DEMO DATA: reproduces nothing)``, `` (STAND-IN DATASET, not the paper's)`` or ``""``."""
+        if self.dataset_key == "demo":
+            return " (DEMO DATA: reproduces nothing)"
+        return "" if self.splits.is_paper_dataset else " (STAND-IN DATASET, not the paper's)"
+
+
+@dataclass
+class TrainingPlan:
+    """What :meth:`KerasMethod.fit` hands to :func:`regseg.training.fit.fit`."""
+
+    make_train: Callable
+    steps_per_epoch: int
+    epochs: int
+    schedule: Callable
+    validation: object = None
+
+
+class Method:
+    """One row of a paper's tables: a registration method, trained or not.
+
+    Attributes:
+        key: the one name of the method in commands, folders and CSV files.
+        label: the method's name in the paper's tables (e.g. "Christodoulidis et al.").
+        trained: whether it is trained (``--methods`` selects among trained methods; the others
+            are always evaluated).
+    """
+
+    key: str = ""
+    label: str = ""
+    trained: bool = False
+
+    def fit(self, ctx: RunContext, run_dir: Path):
+        """Train (or load) the method and return its registrar."""
+        raise NotImplementedError
+
+    def load(self, run_dir: Path, manifest: dict):
+        """A registrar from a finished run folder (``python -m regseg register``)."""
+        raise NotImplementedError(f"{self.key} has no trained model to load")
+
+
+class KerasMethod(Method):
+    """A method trained with Keras ``fit`` under the run's strategy, with checkpoints and resume.
+
+    Subclasses implement :meth:`model_config`, :meth:`build`, :meth:`compile`,
+    :meth:`training_mapping`, :meth:`schedule` and :meth:`registrar`; :meth:`training_plan`
+    defaults to random pairs per epoch (:func:`random_pairs_plan`).
+    """
+
+    trained = True
+
+    def model_config(self, ctx: RunContext) -> dict:
+        """JSON-serialisable settings that rebuild the model (stored in the run folder)."""
+        raise NotImplementedError
+
+    def build(self, config: dict):
+        """``(train_model, predict_model)`` sharing weights (called inside the strategy scope)."""
+        raise NotImplementedError
+
+    def compile(self, train_model, config: dict, ctx: RunContext) -> None:
+        """Compile ``train_model`` (optimiser, losses) inside the strategy scope."""
+        raise NotImplementedError
+
+    def training_mapping(self, config: dict) -> Callable:
+        """``f(moving Sample, fixed Sample) -> (inputs, targets)`` numpy dicts."""
+        raise NotImplementedError
+
+    def schedule(self, ctx: RunContext) -> Callable:
+        """``f(epoch) -> learning rate``."""
+        raise NotImplementedError
+
+    def registrar(self, predict_model, config: dict):
+        """The registrar of a trained model."""
+        raise NotImplementedError
+
+    def training_plan(self, ctx: RunContext, config: dict) -> TrainingPlan:
+        """Default: :func:`random_pairs_plan`."""
+        return random_pairs_plan(ctx, self.training_mapping(config), self.schedule(ctx))
+
+    def fit(self, ctx: RunContext, run_dir: Path):
+        import keras
+
+        from regseg.training.fit import fit
+
+        config = self.model_config(ctx)
+        keras.utils.set_random_seed(ctx.seed)
+        with ctx.strategy.scope():
+            train_model, predict_model = self.build(config)
+            self.compile(train_model, config, ctx)
+        plan = self.training_plan(ctx, config)
+        fit(train_model, plan.make_train, run_dir, epochs=plan.epochs,
+            steps_per_epoch=plan.steps_per_epoch, schedule=plan.schedule,
+            validation_data=plan.validation, resume=ctx.args.resume, verbose=ctx.verbose)
+        write_run_manifest(run_dir, ctx, self, config)
+        return self.registrar(predict_model, config)
+
+    def load(self, run_dir: Path, manifest: dict):
+        from regseg.training.fit import FINAL_WEIGHTS
+
+        config = manifest["model_config"]
+        train_model, predict_model = self.build(config)
+        weights = Path(run_dir) / FINAL_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: no trained model in this run folder (training "
+                                    f"did not finish; resume it with --resume)")
+        train_model.load_weights(weights)
+        return self.registrar(predict_model, config)
+
+
+def random_pairs_plan(ctx: RunContext, mapping: Callable, schedule: Callable) -> TrainingPlan:
+    """Random (moving, fixed) training pairs per epoch, fixed validation pairs (U-ReSNet §4).
+
+    Each epoch pairs two permutations of the training subjects
+    (:func:`~regseg.training.pairs.training_pairs`, ``preset.pairs_per_epoch`` pairs, default one
+    pass); validation pairs are ``i -> i+1`` (a single validation subject is paired with the first
+    training subject).
+    """
+    from regseg.training.pairs import pair_dataset, training_pairs, validation_pairs
+
+    preset, splits = ctx.preset, ctx.splits
+    per_epoch = getattr(preset, "pairs_per_epoch", None) or len(splits.train)
+    pairs = training_pairs(len(splits.train), preset.epochs, ctx.seed, per_epoch)
+
+    def make_train(first_epoch):
+        return pair_dataset((splits.train, splits.train), pairs[first_epoch:].reshape(-1, 2),
+                            preset.batch_size, mapping)
+
+    if len(splits.validation) >= 2:
+        vsrc, vpairs = (splits.validation, splits.validation), validation_pairs(len(splits.validation))
+    else:
+        vsrc, vpairs = (splits.validation, splits.train), np.array([[0, 0]])
+    replicas = ctx.strategy.num_replicas_in_sync
+    validation = (pair_dataset(vsrc, vpairs, min(preset.batch_size, len(vpairs)), mapping)
+                  if len(vpairs) >= replicas else None)
+    return TrainingPlan(make_train, per_epoch // preset.batch_size, preset.epochs, schedule,
+                        validation)
+
+
+def write_run_manifest(run_dir: Path, ctx: RunContext, method: Method, config: dict) -> Path:
+    """Write ``regseg_run.json``: reproduction, method, model config, preprocessing recipe."""
+    from regseg.evaluation.tables import atomic_write_text, git_commit
+
+    manifest = {
+        "reproduction": ctx.reproduction.module,
+        "method": method.key,
+        "label": method.label,
+        "model_config": config,
+        "recipe": ctx.splits.recipe.to_dict(),
+        "label_names": ctx.splits.train.label_names,
+        "dataset": ctx.dataset_name,
+        "preset": ctx.preset.name,
+        "seed": ctx.seed,
+        "commit": git_commit(),
+    }
+    return atomic_write_text(Path(run_dir) / RUN_MANIFEST,
+                             json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def read_run_manifest(run_dir) -> dict:
+    """Read a run folder's ``regseg_run.json``.
+
+    Raises:
+        FileNotFoundError: not a folder, or no manifest (the message names the path).
+        ValueError: the manifest is not valid JSON (named).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: run folder not found")
+    path = run_dir / RUN_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a trained run folder (no {RUN_MANIFEST}); pass "
+                                f"the folder of one method, e.g. runs/ureSnet/quick-ixi10/ureSnet")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+class Reproduction:
+    """What a paper folder supplies to the runner.
+
+    Attributes:
+        key: folder name under ``runs/`` and ``results/`` (e.g. ``"ureSnet"``).
+        module: import path of the module holding the instance (for run manifests).
+        title: the paper, for ``--help`` and reports.
+        presets: ``{name: Preset}``; ``default_preset`` is used without ``--preset``.
+        datasets: ``{key: DatasetSpec}``; ``"demo"`` (if present) is the offline fallback.
+    """
+
+    key: str = ""
+    module: str = ""
+    title: str = ""
+    presets: Mapping[str, Preset] = {}
+    default_preset: str = "quick"
+    datasets: Mapping[str, DatasetSpec] = {}
+
+    # -- what a paper implements --------------------------------------------------------------
+    def methods(self) -> dict[str, Method]:
+        """``{key: Method}`` in table order (trained methods and baselines)."""
+        raise NotImplementedError
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the paper's own command-line options."""
+
+    def describe(self, preset: Preset, args) -> int:
+        """Print the model summary ending with ``parameters: N``; return N."""
+        raise NotImplementedError
+
+    def evaluate(self, ctx: RunContext, registrars: dict):
+        """Evaluate ``{method key: registrar}`` on the test pairs (a :class:`PairEvaluation`)."""
+        raise NotImplementedError
+
+    def report(self, ctx: RunContext, evaluation) -> list[Table]:
+        """The paper's tables (ours beside the published numbers)."""
+        return []
+
+    def figures(self, ctx: RunContext, evaluation, results_dir: Path) -> None:
+        """Write the paper's figures into ``results_dir``."""
+
+    def header(self, ctx: RunContext, evaluation) -> dict:
+        """Extra provenance lines for the tables' header."""
+        return {}
+
+    # -- shared --------------------------------------------------------------------------------
+    def parser(self) -> argparse.ArgumentParser:
+        """The common command line plus :meth:`add_arguments`."""
+        trained = [k for k, m in self.methods().items() if m.trained]
+        p = argparse.ArgumentParser(prog=f"reproductions/{self.key}/run.py",
+                                    description=f"Reproduce {self.title}.")
+        p.add_argument("--preset", choices=sorted(self.presets), default=self.default_preset,
+                       help=f"default {self.default_preset}; see the reproduction's README")
+        p.add_argument("--dataset", default="auto", choices=["auto", *sorted(self.datasets)],
+                       help="auto: the preset's dataset")
+        p.add_argument("--data-root", default=None,
+                       help="folder holding the dataset (default: $REGSEG_DATA_ROOT)")
+        p.add_argument("--labels-json", default=None, help="label mapping for --dataset folder")
+        p.add_argument("--output-dir", default=None,
+                       help=f"training runs, checkpoints, logs, NIfTI (default runs/{self.key}/"
+                            f"<preset>-<dataset>)")
+        p.add_argument("--results-dir", default=None,
+                       help=f"tables and figures (default results/{self.key}/<preset>-<dataset>)")
+        p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+        p.add_argument("--batch-size", type=int, default=None, help="global batch (override)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--resume", action="store_true",
+                       help="continue interrupted training in --output-dir (or reuse finished runs)")
+        p.add_argument("--methods", default=",".join(trained),
+                       help=f"trained methods, comma-separated, among {', '.join(trained)} "
+                            f"(the untrained baselines are always evaluated)")
+        p.add_argument("--describe", action="store_true",
+                       help="print the model summary, ending with 'parameters: N', and exit")
+        p.add_argument("--no-download", action="store_true",
+                       help="never download; without data fall back to the demo")
+        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        self.add_arguments(p)
+        return p
+
+    def run(self, argv=None) -> RunContext:
+        """:func:`run` for this reproduction."""
+        return run(self, argv)
+
+    def main(self, argv=None) -> int:
+        """:func:`main` for this reproduction."""
+        return main(self, argv)
+
+
+# ------------------------------------------------------------------------------- data
+def _banner(text: str) -> None:
+    line = "!" * 78
+    print(f"\n{line}\n{text}\n{line}\n", flush=True)
+
+
+def cache_dir() -> Path:
+    """``$REGSEG_CACHE`` or ``~/.cache/regseg``: downloads and the demo dataset."""
+    return Path(os.environ.get("REGSEG_CACHE", Path.home() / ".cache" / "regseg"))
+
+
+def resolve_data(repro: Reproduction, ctx: RunContext) -> None:
+    """Fill ``ctx.splits``, ``ctx.dataset_key`` and ``ctx.data_root``.
+
+    Without a data root, a dataset with a downloader fetches its public sample; only a failed
+    download (:class:`~regseg.datasets.download.DownloadError`: network, HTTP or checksum) or
+    ``--no-download`` falls back to the demo dataset, announced loudly. Any other error is raised.
+
+    Raises:
+        UsageError: a dataset that needs ``--data-root`` without one, or an unknown dataset.
+    """
+    from regseg.datasets import resolve_data_root
+    from regseg.datasets.download import DownloadError
+
+    args = ctx.args
+    key = ctx.preset.dataset if args.dataset == "auto" else args.dataset
+    if key not in repro.datasets:
+        raise UsageError(f"unknown dataset {key!r}; known: {', '.join(sorted(repro.datasets))}")
+    root = resolve_data_root(args.data_root)
+    spec = repro.datasets[key]
+    if root is None and key != "demo":
+        if spec.download is not None:
+            if args.no_download:
+                key = "demo"
+            else:
+                try:
+                    print(f"no --data-root: fetching the public {key} sample into {cache_dir()} ...")
+                    root = spec.download(cache_dir())
+                except DownloadError as exc:
+                    _banner(f"could not download the {key} sample ({exc}).\nFALLING BACK TO THE "
+                            f"OFFLINE DEMO DATA.\nTHIS RUN REPRODUCES NOTHING; pass --data-root.")
+                    key = "demo"
+            if key == "demo" and "demo" not in repro.datasets:
+                raise UsageError(f"--dataset {spec.key} needs --data-root (no demo fallback)")
+        elif spec.needs_root:
+            raise UsageError(spec.missing_root or f"--dataset {key} needs --data-root")
+    if key == "demo":
+        _banner("DEMO DATA: the MNI152 template shipped with nilearn, deformed by known random\n"
+                "smooth fields. THIS RUN REPRODUCES NOTHING.")
+    ctx.dataset_key, ctx.data_root = key, root
+    ctx.splits = repro.datasets[key].load(root, ctx)
+
+
+# ------------------------------------------------------------------------------- run
+def _command(repro: Reproduction, argv) -> str:
+    args = argv if argv is not None else sys.argv[1:]
+    command = f"python reproductions/{repro.key}/run.py " + " ".join(shlex.quote(a) for a in args)
+    if "--data-root" not in args and os.environ.get("REGSEG_DATA_ROOT"):
+        command = f"REGSEG_DATA_ROOT={shlex.quote(os.environ['REGSEG_DATA_ROOT'])} {command}"
+    return command.strip()
+
+
+def _check_settings(repro: Reproduction, args, preset: Preset) -> list[str]:
+    if preset.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {preset.epochs}")
+    if preset.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {preset.batch_size}")
+    methods = repro.methods()
+    trained = [k for k, m in methods.items() if m.trained]
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in trained]
+    if unknown or not wanted:
+        raise UsageError(f"--methods: unknown or empty {unknown or wanted}; choose among "
+                         f"{', '.join(trained)}")
+    return wanted
+
+
+def run(repro: Reproduction, argv=None) -> RunContext:
+    """Run a reproduction end to end (see the module docstring); raises on any error.
+
+    Returns:
+        The :class:`RunContext` (its ``results_dir`` holds the tables).
+    Raises:
+        UsageError: bad command-line values; FileExistsError: a run folder holds a run and
+        ``--resume`` was not given; DataError / FileNotFoundError: data problems (named).
+    """
+    args = repro.parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    preset = repro.presets[args.preset]
+    if args.epochs is not None:
+        preset = replace(preset, epochs=args.epochs)
+    if args.batch_size is not None:
+        preset = replace(preset, batch_size=args.batch_size)
+    ctx = RunContext(repro, args, preset, command=_command(repro, argv),
+                     verbose=1 if sys.stdout.isatty() else 2)
+    if args.describe:
+        repro.describe(preset, args)
+        return ctx
+    wanted = _check_settings(repro, args, preset)
+
+    from regseg.evaluation.tables import atomic_write_csv, atomic_write_text, git_commit, write_result_table
+    from regseg.training.distribute import describe as describe_strategy
+    from regseg.training.distribute import make_strategy
+
+    resolve_data(repro, ctx)
+    tag = f"{preset.name}-{ctx.dataset_key}"
+    ctx.out_dir = Path(args.output_dir or REPO_ROOT / "runs" / repro.key / tag)
+    ctx.results_dir = Path(args.results_dir or REPO_ROOT / "results" / repro.key / tag)
+    ctx.strategy = make_strategy()
+    replicas = ctx.strategy.num_replicas_in_sync
+    if preset.batch_size % replicas:
+        raise UsageError(f"global batch {preset.batch_size} is not a multiple of the {replicas} "
+                         f"replicas; pass --batch-size")
+    print(f"dataset: {ctx.dataset_name}\npreset: {preset.name} ({preset.description})\n"
+          f"strategy: {describe_strategy(ctx.strategy)}\noutput: {ctx.out_dir}\n"
+          f"results: {ctx.results_dir}", flush=True)
+
+    registrars = {}
+    for key, method in repro.methods().items():
+        if method.trained and key not in wanted:
+            continue
+        t0 = time.time()
+        if method.trained:
+            print(f"\n=== training {method.label} ({key}) ===", flush=True)
+        registrars[key] = method.fit(ctx, ctx.out_dir / key)
+        if method.trained:
+            ctx.timings[key] = time.time() - t0
+    print("\n=== evaluating on the test pairs ===", flush=True)
+    evaluation = repro.evaluate(ctx, registrars)
+    tables = repro.report(ctx, evaluation)
+    wall = time.time() - ctx.start
+    header = {
+        "dataset": ctx.dataset_name,
+        "data root": str(ctx.data_root) if ctx.data_root is not None
+        else "none (downloaded or demo cache)",
+        "preset": f"{preset.name}: {preset.description}",
+        "commit": git_commit(),
+        "seed": ctx.seed,
+        "wall time": f"{wall / 60:.1f} min ("
+                     + ", ".join(f"{k} training {v / 60:.1f} min" for k, v in ctx.timings.items())
+                     + ")",
+        "command": ctx.command,
+        "replicas": f"{replicas} ({describe_strategy(ctx.strategy)})",
+        "epochs": preset.epochs,
+        **repro.header(ctx, evaluation),
+    }
+    results = ctx.results_dir
+    results.mkdir(parents=True, exist_ok=True)
+    for table in tables:
+        write_result_table(table.frame, results, table.stem, header, title=table.title,
+                           overwrite=True, notes=table.notes)
+    per_pair = evaluation.per_pair_dice()
+    if len(per_pair):
+        atomic_write_csv(per_pair, results / "per_pair_dice.csv")
+    if len(evaluation.deformation):
+        atomic_write_csv(evaluation.deformation, results / "deformation_statistics.csv")
+    if len(evaluation.tre):
+        atomic_write_csv(evaluation.tre, results / "per_pair_tre.csv")
+    if len(evaluation.seconds):
+        atomic_write_csv(evaluation.seconds, results / "seconds_per_pair.csv")
+    repro.figures(ctx, evaluation, results)
+    meta = {k: str(v) for k, v in header.items()}
+    meta.update(wall_time_seconds=round(wall, 1), preset_settings=asdict(preset),
+                methods=list(registrars))
+    atomic_write_text(results / "run.json", json.dumps(meta, indent=2, default=str) + "\n")
+    if tables:
+        print("\n" + (results / f"{tables[0].stem}.md").read_text())
+    print(f"wall time: {wall / 60:.1f} min; results in {results}")
+    return ctx
+
+
+def main(repro: Reproduction, argv=None) -> int:
+    """Command-line entry: :func:`run`, with errors as one line on stderr.
+
+    Returns:
+        0 on success; 2 for a usage error or a refused folder; 1 for data errors.
+    """
+    from regseg.datasets.io import DataError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        run(repro, argv)
+        return 0
+    except (UsageError, FileExistsError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (DataError, FileNotFoundError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
