@@ -24,6 +24,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ._checks import check_option
+
 _CENTRES = ("corner", "centre")
 
 
@@ -57,10 +59,17 @@ def apply_affine_to_grid(parameters, grid, centre="corner"):
     Returns:
         ``(batch, *spatial, ndim)`` sampling grid, voxels.
     Raises:
-        ValueError: unknown centre or parameter count.
+        ValueError: unknown ``centre`` (the message names the option and its
+            allowed values), wrong parameter count, or ``centre="centre"``
+            with a dynamic spatial shape.
+
+    Source: Estienne et al. 2019, §3.1, eq. 1 (``Phi x A``).
+
+    >>> shifted = apply_affine_to_grid(np.float32([[0, 0, 2, 0, 0, 0]]), np.zeros((1, 1, 1, 2)))
+    >>> np.asarray(shifted).ravel().tolist()
+    [2.0, 0.0]
     """
-    if centre not in _CENTRES:
-        raise ValueError(f"centre must be one of {_CENTRES}, got {centre!r}")
+    check_option("centre", centre, _CENTRES)
     ndim = grid.shape[-1]
     matrix = affine_matrix(ops.cast(parameters, grid.dtype), ndim)
     linear = matrix[:, :, :ndim]  # (B, n, n)
@@ -83,14 +92,22 @@ def apply_affine_to_grid(parameters, grid, centre="corner"):
 class AffineComposition(keras.layers.Layer):
     """Keras layer: ``[parameters (B, n(n+1)), grid (B, *spatial, n)] -> A . [grid; 1]``.
 
-    U-ReSNet eq. 1 (``Phi x A``).  Zero parameters give back ``grid``.
-    Args: centre: ``"corner"`` (default) or ``"centre"``; see module docstring.
+    Source: Estienne et al. 2019, §3.1, eq. 1 (``Phi x A``).  Zero parameters
+    give back ``grid``.
+
+    Args:
+        centre: ``"corner"`` (default) or ``"centre"``; see module docstring.
+    Raises:
+        ValueError: unknown ``centre`` (at construction; names the option and
+            its allowed values) or wrong parameter count (at call).
+
+    >>> float(AffineComposition()([np.zeros((1, 6)), np.ones((1, 3, 4, 2))])[0, 0, 0, 0])
+    1.0
     """
 
     def __init__(self, centre="corner", **kwargs):
         super().__init__(**kwargs)
-        if centre not in _CENTRES:
-            raise ValueError(f"centre must be one of {_CENTRES}, got {centre!r}")
+        check_option("centre", centre, _CENTRES)
         self.centre = centre
 
     def call(self, inputs):

@@ -132,23 +132,36 @@ class ReconstructionLoss(keras.losses.Loss):
         return config
 
 
-def soft_dice(y_true, y_pred, exclude_background=True, smooth=1e-5):
+def soft_dice(y_true, y_pred, *, include_background, smooth=1e-5):
     """Per-sample, per-class soft Dice ``(2 sum(p t) + s) / (sum p + sum t + s)``.
 
     V-Net (Milletari et al. 2016) form, computed over the whole volume (the
     released U-ReSNet code summed over two spatial axes only, a per-slice Dice;
-    we follow the paper's volumetric Dice).
+    we follow the paper's volumetric Dice).  Used by Estienne et al. 2019,
+    eq. 6, Gunnarsson et al. 2020, eq. 2a, Bouabid et al., eq. 5 and Xu &
+    Niethammer 2019, eq. 3 (printed there without the factor 2, which makes
+    a perfect overlap score 1/2; the factor-2 Dice is the V-Net one).
 
     Args:
-        y_true: ``(batch, *spatial, K)`` one-hot (or soft) labels.
-        y_pred: ``(batch, *spatial, K)`` probabilities.
-        exclude_background: drop channel 0 (background) from the result.
-        smooth: additive smoothing s.
+        y_true: ``(batch, *spatial, K)`` one-hot (or soft) labels, spatial =
+            ``(D, H, W)`` or ``(H, W)``; channel 0 is the background.
+        y_pred: ``(batch, *spatial, K)`` probabilities (e.g. a softmax).
+        include_background: keyword, required (no default): ``True`` keeps
+            channel 0 in the result, ``False`` drops it, defaulting as the
+            caller documents (the choice differs between papers and their
+            released code).
+        smooth: additive smoothing s (1e-5), dimensionless.
     Returns:
-        ``(batch, K)`` or ``(batch, K - 1)``.
+        ``(batch, K)`` if ``include_background`` else ``(batch, K - 1)``,
+        dimensionless values in ``[0, 1]`` (1 for an empty class on both
+        sides, through the smoothing).
+
+    >>> t = np.eye(2)[[[0, 1]]]  # one sample, two voxels, K = 2
+    >>> np.asarray(soft_dice(t, t, include_background=False)).tolist()
+    [[1.0]]
     """
     y_true = ops.cast(y_true, y_pred.dtype)
-    if exclude_background:
+    if not include_background:
         y_true = y_true[..., 1:]
         y_pred = y_pred[..., 1:]
     axes = _spatial_axes(y_pred)
@@ -159,48 +172,57 @@ def soft_dice(y_true, y_pred, exclude_background=True, smooth=1e-5):
 
 @keras.saving.register_keras_serializable(package="regseg")
 class SoftDiceLoss(keras.losses.Loss):
-    """``1 - mean_k soft Dice`` per sample (U-ReSNet eq. 6; V-Net Dice).
+    """``1 - mean_k soft Dice`` per sample (Estienne et al. 2019, eq. 6; V-Net Dice).
+
+    Call ``loss(y_true, y_pred)`` with ``(batch, *spatial, K)`` one-hot labels
+    and probabilities; :meth:`call` returns ``(batch,)`` dimensionless values
+    in ``[0, 1]`` that Keras averages over the batch.
 
     Args:
-        exclude_background: average over foreground classes only (default,
-            metric-conventions: background never counted).
-        smooth: additive smoothing (1e-5).
+        include_background: required (no default): average over all ``K``
+            channels (``True``) or over the foreground channels ``1..K-1``
+            only (``False``), defaulting as the caller documents.
+        smooth: additive smoothing (1e-5); see :func:`soft_dice`.
+
+    Configs saved before ``include_background`` existed hold
+    ``exclude_background``; :meth:`from_config` maps it to
+    ``include_background = not exclude_background``.
+
+    >>> t, p = np.eye(2)[[[0, 1]]], np.eye(2)[[[1, 1]]]
+    >>> round(float(SoftDiceLoss(include_background=True)(t, p)), 4)
+    0.6667
     """
 
-    def __init__(self, exclude_background=True, smooth=1e-5, name="soft_dice", **kwargs):
+    def __init__(self, include_background, smooth=1e-5, name="soft_dice", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.exclude_background = bool(exclude_background)
+        self.include_background = bool(include_background)
         self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
-        d = soft_dice(y_true, y_pred, self.exclude_background, self.smooth)
+        d = soft_dice(y_true, y_pred, include_background=self.include_background,
+                      smooth=self.smooth)
         return 1.0 - ops.mean(d, axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config.update(exclude_background=self.exclude_background, smooth=self.smooth)
+        config.update(include_background=self.include_background, smooth=self.smooth)
         return config
 
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild from :meth:`get_config`; also reads legacy ``exclude_background``.
 
-@keras.saving.register_keras_serializable(package="regseg")
-class L1ToValue(keras.regularizers.Regularizer):
-    """Regulariser ``weight * sum |x - value|`` (an L1 norm about ``value``).
-
-    As a *weight* regulariser the value is used as is.  As an *activity*
-    regulariser, recent Keras 3 releases divide it by the batch size while
-    older ones do not; models in this suite therefore use
-    :class:`L1ActivityPenalty`, whose normalisation is explicit.
-    """
-
-    def __init__(self, weight, value=0.0):
-        self.weight = float(weight)
-        self.value = float(value)
-
-    def __call__(self, x):
-        return self.weight * ops.sum(ops.abs(ops.cast(x, "float32") - self.value))
-
-    def get_config(self):
-        return {"weight": self.weight, "value": self.value}
+        Raises:
+            ValueError: a config holding both ``include_background`` and
+                ``exclude_background``.
+        """
+        config = dict(config)
+        if "exclude_background" in config:
+            if "include_background" in config:
+                raise ValueError("SoftDiceLoss config holds both include_background and the "
+                                 "legacy exclude_background; keep one")
+            config["include_background"] = not config.pop("exclude_background")
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="regseg")

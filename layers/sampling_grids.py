@@ -27,6 +27,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ._checks import check_option
+
 _ORIGINS = ("zero", "one")
 
 
@@ -43,10 +45,15 @@ def cumulative_sum_grid(gradients, origin="zero"):
     Returns:
         Sampling grid ``(batch, *spatial, ndim)`` in voxels.
     Raises:
-        ValueError: unknown ``origin`` or ``ndim`` not matching the tensor rank.
+        ValueError: unknown ``origin`` (the message names the option and its
+            allowed values) or ``ndim`` not matching the tensor rank.
+
+    Source: Christodoulidis et al. 2018; Estienne et al. 2019, §3.1.
+
+    >>> np.asarray(cumulative_sum_grid(np.ones((1, 3, 2, 2), "float32")))[0, :, 0, 0].tolist()
+    [0.0, 1.0, 2.0]
     """
-    if origin not in _ORIGINS:
-        raise ValueError(f"origin must be one of {_ORIGINS}, got {origin!r}")
+    check_option("origin", origin, _ORIGINS)
     ndim = len(gradients.shape) - 2
     if gradients.shape[-1] is not None and gradients.shape[-1] != ndim:
         raise ValueError(
@@ -89,12 +96,19 @@ class CumulativeSumGrid(keras.layers.Layer):
     Args:
         origin: ``"zero"`` (default, paper-correct) or ``"one"`` (released
             U-ReSNet code, a one-voxel shift; see module docstring).
+    Raises:
+        ValueError: unknown ``origin`` (names the option and its allowed values).
+
+    Source: Christodoulidis et al. 2018; Estienne et al. 2019, §3.1.
+
+    >>> grid = CumulativeSumGrid(origin="one")(np.ones((1, 3, 2, 2), "float32"))
+    >>> np.asarray(grid)[0, :, 0, 0].tolist()
+    [1.0, 2.0, 3.0]
     """
 
     def __init__(self, origin="zero", **kwargs):
         super().__init__(**kwargs)
-        if origin not in _ORIGINS:
-            raise ValueError(f"origin must be one of {_ORIGINS}, got {origin!r}")
+        check_option("origin", origin, _ORIGINS)
         self.origin = origin
 
     def call(self, gradients):

@@ -26,6 +26,8 @@ import itertools
 import keras
 from keras import ops
 
+from ._checks import check_option
+
 _INTERPOLATIONS = ("linear", "nearest")
 _PADDINGS = ("border", "zeros")
 _FIELDS = ("sampling_grid", "displacement")
@@ -39,6 +41,9 @@ def identity_grid(spatial_shape, dtype="float32"):
     Returns:
         Tensor ``(*spatial_shape, ndim)``, voxel units; ``grid[..., i]`` is the
         index along spatial axis ``i``.
+
+    >>> np.asarray(identity_grid((2, 3)))[1, 2].tolist()
+    [1.0, 2.0]
     """
     axes = [ops.arange(int(s), dtype=dtype) for s in spatial_shape]
     mesh = ops.meshgrid(*axes, indexing="ij")
@@ -64,13 +69,19 @@ def warp(image, grid, *, interpolation="linear", padding="border"):
     Returns:
         ``(batch, *spatial_out, channels)`` tensor, dtype of ``image``.
     Raises:
-        ValueError: unknown mode, or ``grid``'s last axis differs from the
-            image's number of spatial dimensions.
+        ValueError: unknown ``interpolation`` or ``padding`` (the message names
+            the option and its allowed values), or ``grid``'s last axis differs
+            from the image's number of spatial dimensions.
+
+    Source: the sampler W(M, Phi) of Estienne et al. 2019, eq. 1 ("backward
+    trilinear interpolation sampling"); Gunnarsson et al. 2020, module W.
+
+    >>> grid = np.full((1, 2, 2, 2), 1.5, "float32")
+    >>> float(warp(np.ones((1, 4, 4, 1), "float32"), grid)[0, 0, 0, 0])
+    1.0
     """
-    if interpolation not in _INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
-    if padding not in _PADDINGS:
-        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    check_option("interpolation", interpolation, _INTERPOLATIONS)
+    check_option("padding", padding, _PADDINGS)
     ndim = len(image.shape) - 2
     if grid.shape[-1] is not None and grid.shape[-1] != ndim:
         raise ValueError(
@@ -167,18 +178,25 @@ class SpatialTransformer(keras.layers.Layer):
             or ``"zeros"``.
         field: ``"sampling_grid"`` (default) or ``"displacement"``.
 
-    Source: U-ReSNet eq. 1 and eq. 3 (W(M, D)); Jaderberg et al. 2015.
-    Raises ValueError for an unknown option or mismatched ``ndim``.
+    Source: U-ReSNet (Estienne et al. 2019) eq. 1 and eq. 3 (W(M, D));
+    Jaderberg et al. 2015.
+
+    Raises:
+        ValueError: unknown ``interpolation``, ``padding`` or ``field`` (at
+            construction; the message names the option and its allowed
+            values), mismatched ``ndim``, or ``field="displacement"`` with a
+            dynamic spatial shape (at call).
+
+    >>> image, disp = np.ones((1, 4, 4, 1), "float32"), np.zeros((1, 4, 4, 2), "float32")
+    >>> tuple(SpatialTransformer(field="displacement")([image, disp]).shape)
+    (1, 4, 4, 1)
     """
 
     def __init__(self, interpolation="linear", padding="border", field="sampling_grid", **kwargs):
         super().__init__(**kwargs)
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
-        if padding not in _PADDINGS:
-            raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
-        if field not in _FIELDS:
-            raise ValueError(f"field must be one of {_FIELDS}, got {field!r}")
+        check_option("interpolation", interpolation, _INTERPOLATIONS)
+        check_option("padding", padding, _PADDINGS)
+        check_option("field", field, _FIELDS)
         self.interpolation = interpolation
         self.padding = padding
         self.field = field

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from regseg.layers import (L1ActivityPenalty, L1ToValue, ReconstructionLoss, SoftDiceLoss,
-                           box_sum, local_cross_correlation, soft_dice)
+import regseg.layers
+from regseg.layers import (L1ActivityPenalty, ReconstructionLoss, SoftDiceLoss, box_sum,
+                           local_cross_correlation, soft_dice)
 
 
 # --------------------------------------------------------------------------- box_sum
@@ -155,14 +156,16 @@ def test_soft_dice_hand_computed():
     s = 1e-5
     full = np.array([[(2 + s) / (3 + s), (2 + s) / (4 + s), (4 + s) / (5 + s)],
                      [(3 + s) / (6 + s), (3 + s) / (6 + s), 1.0]])
-    np.testing.assert_allclose(np.asarray(soft_dice(y_true, y_pred, exclude_background=False)),
+    np.testing.assert_allclose(np.asarray(soft_dice(y_true, y_pred, include_background=True)),
                                full, rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(soft_dice(y_true, y_pred)), full[:, 1:], rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(soft_dice(y_true, y_pred, smooth=0.0))[0], [0.5, 0.8],
-                               rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(soft_dice(y_true, y_pred, include_background=False)),
+                               full[:, 1:], rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(soft_dice(y_true, y_pred, include_background=False, smooth=0.0))[0],
+        [0.5, 0.8], rtol=1e-12)
     # the loss: 1 - mean over the kept classes, per sample; Keras averages over the batch
-    with_bg = SoftDiceLoss(exclude_background=False)
-    without_bg = SoftDiceLoss()
+    with_bg = SoftDiceLoss(include_background=True)
+    without_bg = SoftDiceLoss(include_background=False)
     np.testing.assert_allclose(np.asarray(with_bg.call(y_true, y_pred)), 1 - full.mean(1),
                                rtol=1e-10)
     np.testing.assert_allclose(np.asarray(without_bg.call(y_true, y_pred)),
@@ -176,28 +179,51 @@ def test_soft_dice_3d_perfect_and_disjoint():
     labels[0, 1:, 1:3, 2:] = 1
     labels[0, 0, :, :2] = 2
     t = _one_hot(labels, 3)
-    np.testing.assert_allclose(np.asarray(soft_dice(t, t, smooth=0.0)), [[1.0, 1.0]])
+    np.testing.assert_allclose(
+        np.asarray(soft_dice(t, t, include_background=False, smooth=0.0)), [[1.0, 1.0]])
     swapped = t[..., [0, 2, 1]]  # foreground classes swapped: disjoint
-    np.testing.assert_allclose(np.asarray(soft_dice(t, swapped, smooth=0.0)), [[0.0, 0.0]])
-    np.testing.assert_allclose(float(SoftDiceLoss(smooth=0.0)(t, swapped)), 1.0)
+    np.testing.assert_allclose(
+        np.asarray(soft_dice(t, swapped, include_background=False, smooth=0.0)), [[0.0, 0.0]])
+    np.testing.assert_allclose(
+        float(SoftDiceLoss(include_background=False, smooth=0.0)(t, swapped)), 1.0)
+    # with the background: background Dice 1 (same channel), foreground 0 -> loss 1 - 1/3
+    np.testing.assert_allclose(
+        float(SoftDiceLoss(include_background=True, smooth=0.0)(t, swapped)), 2.0 / 3.0,
+        rtol=1e-6)
+
+
+def test_soft_dice_include_background_is_required():
+    t = _one_hot([[0, 1], [1, 0]], 2)[None]
+    with pytest.raises(TypeError):
+        soft_dice(t, t)
+    with pytest.raises(TypeError):
+        soft_dice(t, t, True)  # keyword only
+    with pytest.raises(TypeError):
+        SoftDiceLoss()
+    with pytest.raises(TypeError):  # the old keyword is gone from the constructor
+        SoftDiceLoss(exclude_background=True)
+
+
+def test_soft_dice_legacy_exclude_background_config():
+    """Configs saved before include_background existed still load, with the meaning inverted."""
+    t = _one_hot([[0, 1, 2], [2, 1, 0]], 3)[None]
+    p = np.random.default_rng(9).dirichlet(np.ones(3), size=(1, 2, 3))
+    for exclude in (True, False):
+        legacy = {"module": "builtins", "class_name": "SoftDiceLoss",
+                  "registered_name": "regseg>SoftDiceLoss",
+                  "config": {"name": "soft_dice", "reduction": "sum_over_batch_size",
+                             "exclude_background": exclude, "smooth": 1e-5}}
+        clone = keras.saving.deserialize_keras_object(legacy)
+        assert isinstance(clone, SoftDiceLoss)
+        assert clone.include_background is (not exclude)
+        assert "exclude_background" not in clone.get_config()
+        expected = 1 - np.mean(np.asarray(soft_dice(t, p, include_background=not exclude)))
+        np.testing.assert_allclose(float(clone(t, p)), expected, rtol=1e-6)
+    with pytest.raises(ValueError):
+        SoftDiceLoss.from_config({"include_background": True, "exclude_background": True})
 
 
 # --------------------------------------------------------------------------- L1 penalties
-
-def test_l1_to_value_matches_numpy():
-    """Regulariser: weight * sum |x - value| over every element (no batch normalisation)."""
-    rng = np.random.default_rng(5)
-    x = rng.normal(1.0, 0.5, size=(4, 3, 5, 2)).astype(np.float32)
-    for weight, value in ((0.1, 0.0), (1e-3, 1.0), (2.0, -0.5)):
-        expected = weight * np.sum(np.abs(x.astype(np.float64) - value))
-        np.testing.assert_allclose(float(L1ToValue(weight, value)(x)), expected, rtol=1e-5)
-    # as a weight regulariser inside a layer, Keras adds exactly that value to the losses
-    dense = keras.layers.Dense(3, kernel_regularizer=L1ToValue(0.5, 1.0))
-    dense.build((None, 4))
-    kernel = np.asarray(dense.kernel)
-    np.testing.assert_allclose(float(sum(dense.losses)), 0.5 * np.abs(kernel - 1.0).sum(),
-                               rtol=1e-5)
-
 
 def test_l1_activity_penalty_matches_numpy_and_is_identity():
     """Activity penalty: weight * mean over the batch of sum |x - value| per sample."""
@@ -221,7 +247,7 @@ def test_l1_activity_penalty_matches_numpy_and_is_identity():
 
 # --------------------------------------------------------------------------- serialisation
 
-def test_losses_and_regulariser_config_round_trip():
+def test_losses_and_penalty_config_round_trip():
     rng = np.random.default_rng(6)
     y_true = rng.uniform(size=(2, 5, 6, 7, 1)).astype(np.float32)
     y_pred = rng.uniform(size=(2, 5, 6, 7, 1)).astype(np.float32)
@@ -237,21 +263,21 @@ def test_losses_and_regulariser_config_round_trip():
 
     t = _one_hot(rng.integers(0, 3, size=(2, 4, 5)), 3)
     p = rng.dirichlet(np.ones(3), size=(2, 4, 5))
-    dice = SoftDiceLoss(exclude_background=False, smooth=0.5)
+    dice = SoftDiceLoss(include_background=True, smooth=0.5)
     clone = keras.losses.deserialize(keras.losses.serialize(dice))
     assert isinstance(clone, SoftDiceLoss)
-    assert (clone.exclude_background, clone.smooth) == (False, 0.5)
+    assert (clone.include_background, clone.smooth) == (True, 0.5)
     inter, tot = (t * p).sum((1, 2)), t.sum((1, 2)) + p.sum((1, 2))
     np.testing.assert_allclose(float(clone(t, p)), np.mean(1 - ((2 * inter + 0.5) / (tot + 0.5))
                                                            .mean(1)), rtol=1e-5)
-
-    reg = L1ToValue(0.25, 1.0)
-    clone = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
-    assert isinstance(clone, L1ToValue) and clone.get_config() == {"weight": 0.25, "value": 1.0}
-    x = rng.normal(size=(3, 4)).astype(np.float32)
-    np.testing.assert_allclose(float(clone(x)), 0.25 * np.abs(x - 1.0).sum(), rtol=1e-5)
 
     pen = L1ActivityPenalty(0.3, 0.5, name="pen")
     clone = keras.layers.deserialize(keras.layers.serialize(pen))
     assert isinstance(clone, L1ActivityPenalty)
     assert (clone.weight, clone.value, clone.name) == (0.3, 0.5, "pen")
+
+
+def test_l1_to_value_is_gone():
+    """The dead ``L1ToValue`` regulariser was removed (models use :class:`L1ActivityPenalty`)."""
+    assert not hasattr(regseg.layers, "L1ToValue")
+    assert "L1ToValue" not in regseg.layers.__all__
