@@ -13,14 +13,13 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from regseg.fileio import default_file_mode
+from regseg.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "atomic_write_text",
@@ -41,70 +40,9 @@ HEADER_KEY_ORDER = ("dataset", "preset", "commit", "seed", "wall time", "command
 
 
 # --------------------------------------------------------------------------- #
-# Atomic writes
+# Atomic writes: one implementation, in regseg.fileio; re-exported here because
+# callers import ``atomic_write_text`` / ``atomic_write_bytes`` from this module.
 # --------------------------------------------------------------------------- #
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically.
-
-    The bytes go to a temporary file in the *same folder* (same file system),
-    which is flushed, fsync'ed and then moved over ``path`` with
-    :func:`os.replace` (atomic on POSIX and Windows). Readers see either the
-    old file or the complete new one, never a partial write. On any error the
-    temporary file is removed. Missing parent folders are created.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    data : bytes
-
-    Returns
-    -------
-    pathlib.Path
-        The written path.
-
-    Raises
-    ------
-    OSError
-        If the folder cannot be created or written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str, *, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    text : str
-    encoding : str, keyword-only
-
-    Returns
-    -------
-    pathlib.Path
-
-    Raises
-    ------
-    OSError
-        If the folder cannot be created or written.
-    """
-    return atomic_write_bytes(path, text.encode(encoding))
 
 
 def _header_lines(header: Mapping[str, object] | None) -> list[str]:
