@@ -1,4 +1,5 @@
-"""End to end: ``run.py --preset smoke`` on ixi10 writes Table 1, figures and NIfTI; --resume."""
+"""End to end: ``run.py --preset smoke`` on ixi10 writes Table 1, figures and NIfTI; --resume;
+``python -m regseg register`` with the trained smoke run."""
 
 import nibabel as nib
 import numpy as np
@@ -7,7 +8,15 @@ from scipy import ndimage
 
 from regseg.evaluation.tables import read_result_csv
 from regseg.reproductions.ureSnet import published
-from regseg.reproductions.ureSnet.experiment import main
+from regseg.reproductions.ureSnet.reproduction import REPRODUCTION
+
+
+def main(argv):
+    return REPRODUCTION.main(argv)
+
+
+def run(argv):
+    return REPRODUCTION.run(argv)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +87,7 @@ def test_existing_run_is_not_overwritten_and_resume_reuses_it(smoke_run):
     out, args = smoke_run
     before, _ = read_result_csv(out / "results" / "table1_registration_dice.csv")
     with pytest.raises(FileExistsError, match="--resume"):
-        main(args)
+        run(args)
     assert main(args + ["--resume"]) == 0
     after, _ = read_result_csv(out / "results" / "table1_registration_dice.csv")
     np.testing.assert_allclose(after["U-ReSNet ours mean"], before["U-ReSNet ours mean"], atol=1e-6)
@@ -105,3 +114,94 @@ def test_offline_without_data_falls_back_to_a_labelled_demo(tmp_path, monkeypatc
     demo_rows = [r for r in table.index if r not in published.STRUCTURES]
     assert demo_rows and table.loc[demo_rows, "U-ReSNet published mean"].isna().all()
     assert table.loc[demo_rows, "U-ReSNet ours mean"].notna().all()
+
+
+def test_cli_errors_are_one_line_with_exit_codes(smoke_run, capsys):
+    out, args = smoke_run
+    assert main(args) == 2                                  # existing run, no --resume
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--resume" in err[0]
+    assert main(args + ["--resume", "--methods", "ureSnett"]) == 2
+    assert "ureSnett" in capsys.readouterr().err
+    assert main(args + ["--resume", "--epochs", "0"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+
+
+def test_run_manifest_describes_the_trained_method(smoke_run):
+    from regseg.datasets.recipes import Recipe
+    from regseg.training.runner import read_run_manifest
+    out, _ = smoke_run
+    manifest = read_run_manifest(out / "run" / "ureSnet")
+    assert manifest["method"] == "ureSnet" and manifest["model_config"]["segmentation"] is True
+    assert manifest["model_config"]["input_shape"] == [80, 104, 88]
+    recipe = Recipe.from_dict(manifest["recipe"])
+    assert [s.name for s in recipe.steps] == ["mask-from-labels", "skull-strip", "z-score",
+                                              "crop-around-centre-of-mass", "map-labels"]
+    assert manifest["label_names"]["structures"] == published.STRUCTURES
+    assert manifest["spacing_mm"] == [2.0, 2.0, 2.0]
+
+
+# ----------------------------------------------------------------------------- register command
+def _ixi(ixi_root, sid, kind="images"):
+    return f"{ixi_root}/ixi10/{kind}/{sid}-T1.nii.gz"
+
+
+def test_register_command_writes_outputs_in_the_fixed_geometry(smoke_run, ixi_root, tmp_path,
+                                                               capsys):
+    import pandas as pd
+
+    from regseg.__main__ import main as regseg_main
+    out, _ = smoke_run
+    mov, fix = "IXI049-HH-1358", "IXI051-HH-1328"
+    args = ["register", "--run", str(out / "run" / "ureSnet"), "--moving", _ixi(ixi_root, mov),
+            "--fixed", _ixi(ixi_root, fix), "--moving-labels", _ixi(ixi_root, mov, "labels"),
+            "--fixed-labels", _ixi(ixi_root, fix, "labels"), "--out", str(tmp_path / "reg")]
+    assert regseg_main(args) == 0
+    printed = capsys.readouterr().out
+    fixed_img = nib.load(_ixi(ixi_root, fix))
+    for name in ("warped", "displacement_mm", "jacobian_determinant", "warped_labels"):
+        img = nib.load(tmp_path / "reg" / f"{name}.nii.gz")
+        np.testing.assert_allclose(img.affine, fixed_img.affine, atol=1e-4)
+        assert img.shape[:3] == fixed_img.shape[:3]
+    # the warped image is the moving image sampled at (fixed world point + displacement)
+    moving_img = nib.load(_ixi(ixi_root, mov))
+    disp = np.asarray(nib.load(tmp_path / "reg" / "displacement_mm.nii.gz").dataobj, np.float64)
+    warped = np.asarray(nib.load(tmp_path / "reg" / "warped.nii.gz").dataobj)
+    ijk = np.indices(fixed_img.shape[:3]).reshape(3, -1)
+    world = fixed_img.affine[:3, :3] @ ijk + fixed_img.affine[:3, 3:4]
+    target = world + disp.reshape(-1, 3).T
+    vox = np.linalg.solve(moving_img.affine[:3, :3], target - moving_img.affine[:3, 3:4])
+    expected = ndimage.map_coordinates(np.asarray(moving_img.dataobj, np.float64), vox, order=1,
+                                       mode="constant", cval=0.0).reshape(fixed_img.shape[:3])
+    np.testing.assert_allclose(warped, expected, rtol=1e-4, atol=1e-2)
+    # the Dice it prints is the evaluation's Dice of this pair (per_pair_dice.csv)
+    per_pair = pd.read_csv(out / "results" / "per_pair_dice.csv", comment="#", index_col=0)
+    row = per_pair[(per_pair.index == f"{mov}->{fix}") & (per_pair["method"] == "U-ReSNet")]
+    for s in ("BS", "LV", "CeblC"):
+        assert f"  {s}: {row[s].iloc[0]:.3f}" in printed
+
+
+@pytest.mark.parametrize("case", ["missing", "two_d", "labels_as_image", "no_model"])
+def test_register_command_rejects_bad_inputs(smoke_run, ixi_root, tmp_path, capsys, case):
+    from regseg.__main__ import main as regseg_main
+    out, _ = smoke_run
+    run_dir = out / "run" / "ureSnet"
+    mov, fix = _ixi(ixi_root, "IXI049-HH-1358"), _ixi(ixi_root, "IXI051-HH-1328")
+    labels = ["--moving-labels", _ixi(ixi_root, "IXI049-HH-1358", "labels"),
+              "--fixed-labels", _ixi(ixi_root, "IXI051-HH-1328", "labels")]
+    if case == "missing":
+        mov, culprit = str(tmp_path / "nope.nii.gz"), "nope.nii.gz"
+    elif case == "two_d":
+        nib.save(nib.Nifti1Image(np.random.rand(20, 20).astype(np.float32), np.eye(4)),
+                 str(tmp_path / "flat.nii.gz"))
+        mov, culprit = str(tmp_path / "flat.nii.gz"), "flat.nii.gz"
+    elif case == "labels_as_image":
+        fix, culprit = _ixi(ixi_root, "IXI051-HH-1328", "labels"), "label map"
+    else:
+        (tmp_path / "empty_run").mkdir()
+        run_dir, culprit = tmp_path / "empty_run", "not a trained run folder"
+    code = regseg_main(["register", "--run", str(run_dir), "--moving", mov, "--fixed", fix,
+                        "--out", str(tmp_path / "o"), *labels])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and culprit in err[0]
+    assert not (tmp_path / "o").exists()

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import keras
+
+from regseg.fileio import atomic_path
 
 FINAL_WEIGHTS = "final.weights.h5"
 
@@ -116,7 +117,6 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
         model.fit(make_train_dataset(first), epochs=epochs, steps_per_epoch=steps_per_epoch,
                   validation_data=validation_data, callbacks=callbacks, verbose=verbose,
                   shuffle=False)
-    tmp = run_dir / f"final.tmp{os.getpid()}.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, run_dir / FINAL_WEIGHTS)
+    with atomic_path(run_dir / FINAL_WEIGHTS, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
     return {"state": "trained", "epochs_run": epochs - first}

@@ -37,7 +37,10 @@ __all__ = ["Preset", "DatasetSpec", "Method", "KerasMethod", "TrainingPlan", "Ta
            "Reproduction", "RunContext", "UsageError", "run", "main", "RUN_MANIFEST",
            "read_run_manifest", "random_pairs_plan"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+#: Default parent of ``runs/`` and ``results/``: the source checkout when running from one (editable
+#: install), else the current folder (a regular install lives in site-packages).
+REPO_ROOT = _SOURCE_ROOT if (_SOURCE_ROOT / "pyproject.toml").is_file() else Path.cwd()
 #: File in every trained method's run folder: what ``python -m regseg register`` needs.
 RUN_MANIFEST = "regseg_run.json"
 
@@ -273,6 +276,7 @@ def write_run_manifest(run_dir: Path, ctx: RunContext, method: Method, config: d
         "model_config": config,
         "recipe": ctx.splits.recipe.to_dict(),
         "label_names": ctx.splits.train.label_names,
+        "spacing_mm": [float(v) for v in ctx.splits.train.load(0).spacing],
         "dataset": ctx.dataset_name,
         "preset": ctx.preset.name,
         "seed": ctx.seed,
