@@ -39,19 +39,19 @@ DEFAULT_SEG_COLOURS = ("blue", "green", "yellow")
 def mid_slices(volume: np.ndarray, index: Sequence[int] | None = None) -> list[tuple[str, np.ndarray]]:
     """Axial, coronal and sagittal slices of a RAS volume, ready for ``imshow``.
 
-    Parameters
-    ----------
-    volume : np.ndarray, shape (X, Y, Z), (X, Y, Z, C) or (H, W)
-        ``C`` trailing channels are kept (e.g. displacement components).
-        A 3-D array is always read as a volume, never as (H, W, C).
-    index : (ix, iy, iz), optional
-        Slice positions; default the middle of each axis.
+    Args:
+        volume: np.ndarray, shape ``(X, Y, Z)``, ``(X, Y, Z, C)`` or
+            ``(H, W)``. ``C`` trailing channels are kept (e.g. displacement
+            components). A 3-D array is always read as a volume, never as
+            ``(H, W, C)``.
+        index: ``(ix, iy, iz)``, optional. Slice positions; default the
+            middle of each axis.
 
-    Returns
-    -------
-    list of (plane name, 2-D array transposed for ``imshow(origin='lower')``)
-        For 3-D: ``[("axial", ...), ("coronal", ...), ("sagittal", ...)]``;
-        for 2-D: ``[("2-D", ...)]``.
+    Returns:
+        list of (plane name, 2-D array transposed for
+        ``imshow(origin='lower')``): for 3-D:
+        ``[("axial", ...), ("coronal", ...), ("sagittal", ...)]``; for 2-D:
+        ``[("2-D", ...)]``.
     """
     v = np.asarray(volume)
     spatial = v.ndim if v.ndim in (2, 3) else v.ndim - 1
@@ -127,42 +127,35 @@ def registration_figure(
     colour bar (default), or with ``components=True`` one diverging map per
     component (u_x, u_y, u_z, voxels, symmetric colour range).
 
-    Parameters
-    ----------
-    moving, reference, deformed : array_like, shape (X, Y, Z) or (H, W)
-        Intensity images on the same grid, RAS order (see module docstring).
-        The three share one grey-level window (0.5–99.5 percentiles).
-    displacement : array_like, shape (X, Y, Z, 3) or (H, W, 2)
-        Displacement field in voxels, component ``c`` along array axis ``c``.
-    path : str or os.PathLike
-        Output PNG (written atomically; folders created).
-    title : str, optional, keyword-only
-        Figure title.
-    components : bool, keyword-only
-        Show the components instead of the magnitude.
-    slice_index : (ix, iy, iz), optional, keyword-only
-        Slice positions (default: middle of each axis).
-    dpi : int, keyword-only
-    overwrite : bool, keyword-only
-        If False, raise FileExistsError when ``path`` exists.
+    Args:
+        moving, reference, deformed: array_like, shape ``(X, Y, Z)`` or
+            ``(H, W)``. Intensity images on the same grid, RAS order (see
+            module docstring). The three share one grey-level window
+            (0.5–99.5 percentiles).
+        displacement: array_like, shape ``(X, Y, Z, 3)`` or ``(H, W, 2)``.
+            Displacement field in voxels, component ``c`` along array axis
+            ``c``.
+        path: str or os.PathLike. Output PNG (written atomically; folders
+            created).
+        title: str, optional, keyword-only. Figure title.
+        components: bool, keyword-only. Show the components instead of the
+            magnitude.
+        slice_index: ``(ix, iy, iz)``, optional, keyword-only. Slice positions
+            (default: middle of each axis).
+        dpi: int, keyword-only.
+        overwrite: bool, keyword-only. If False, raise FileExistsError when
+            ``path`` exists.
 
-    Returns
-    -------
-    pathlib.Path
-        The written PNG.
+    Returns:
+        pathlib.Path: the written PNG.
 
-    Raises
-    ------
-    ValueError
-        On inconsistent shapes.
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
+    Raises:
+        ValueError: On inconsistent shapes.
+        FileExistsError: If ``path`` exists and ``overwrite`` is False.
 
-    Source
-    ------
-    Estienne et al. 2019 (U-ReSNet), Fig. 2: "the moving, reference, deformed
-    image and the computed displacements in axial, coronal and sagittal
-    planes".
+    Source: Estienne et al. 2019 (U-ReSNet), Fig. 2: "the moving, reference,
+    deformed image and the computed displacements in axial, coronal and
+    sagittal planes".
     """
     imgs = [np.asarray(x, dtype=np.float64) for x in (moving, reference, deformed)]
     shape = _check_images(("moving", "reference", "deformed"), imgs, "registration_figure")
@@ -250,46 +243,37 @@ def segmentation_figure(
     reference and deformed images, then the ground-truth and the predicted
     label maps overlaid in colour on the ``overlay_on`` image, with a legend.
 
-    Parameters
-    ----------
-    image_moving, image_reference, deformed : array_like, shape (X, Y, Z) or (H, W)
-        Intensity images on one grid, RAS order.
-    seg_true, seg_pred : array_like of int, same shape
-        Hard label maps with labels ``0`` (background) and ``1..K``.
-    class_names : sequence of str, length K
-        Name of label ``k`` is ``class_names[k-1]`` (e.g. ``["CeblWM",
-        "CeblC", "LV"]``).
-    path : str or os.PathLike
-        Output PNG (atomic write).
-    colours : sequence of matplotlib colours, length K, optional, keyword-only
-        Default for K = 3: blue, green, yellow (U-ReSNet Fig. 3: blue CeblWM,
-        green CeblC, yellow LV); otherwise the ``tab10`` cycle.
-    overlay_on : {"reference", "moving", "deformed"}, keyword-only
-        Image under the masks. Default "reference": the masks are compared in
-        the reference space (ground truth of the reference vs. the prediction
-        warped to it), as in the U-ReSNet evaluation.
-    slice_index : int, optional, keyword-only
-        Axial slice (default ``Z // 2``); ignored for 2-D inputs.
-    alpha : float, keyword-only
-        Overlay opacity.
-    title, dpi, overwrite : keyword-only
-        As :func:`registration_figure`.
+    Args:
+        image_moving, image_reference, deformed: array_like, shape
+            ``(X, Y, Z)`` or ``(H, W)``. Intensity images on one grid, RAS
+            order.
+        seg_true, seg_pred: array_like of int, same shape. Hard label maps
+            with labels ``0`` (background) and ``1..K``.
+        class_names: sequence of str, length K. Name of label ``k`` is
+            ``class_names[k-1]`` (e.g. ``["CeblWM", "CeblC", "LV"]``).
+        path: str or os.PathLike. Output PNG (atomic write).
+        colours: sequence of matplotlib colours, length K, optional,
+            keyword-only. Default for K = 3: blue, green, yellow (U-ReSNet
+            Fig. 3: blue CeblWM, green CeblC, yellow LV); otherwise the
+            ``tab10`` cycle.
+        overlay_on: {"reference", "moving", "deformed"}, keyword-only. Image
+            under the masks. Default "reference": the masks are compared in
+            the reference space (ground truth of the reference vs. the
+            prediction warped to it), as in the U-ReSNet evaluation.
+        slice_index: int, optional, keyword-only. Axial slice (default
+            ``Z // 2``); ignored for 2-D inputs.
+        alpha: float, keyword-only. Overlay opacity.
+        title, dpi, overwrite: keyword-only. As :func:`registration_figure`.
 
-    Returns
-    -------
-    pathlib.Path
+    Returns:
+        pathlib.Path.
 
-    Raises
-    ------
-    ValueError
-        On inconsistent shapes, too few colours / names for the labels
-        present, or an unknown ``overlay_on``.
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
+    Raises:
+        ValueError: On inconsistent shapes, too few colours / names for the
+            labels present, or an unknown ``overlay_on``.
+        FileExistsError: If ``path`` exists and ``overwrite`` is False.
 
-    Source
-    ------
-    Estienne et al. 2019 (U-ReSNet), Fig. 3.
+    Source: Estienne et al. 2019 (U-ReSNet), Fig. 3.
     """
     imgs = {
         "moving": np.asarray(image_moving, dtype=np.float64),

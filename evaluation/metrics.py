@@ -1,13 +1,13 @@
 """Evaluation metrics for coupled registration / segmentation.
 
 Every function states its unit (voxels or mm) and the convention it follows.
-Conventions are those recorded in ``/work/shared/papers/metric-conventions.md``:
-where a reference evaluator (the Learn2Reg 2020 scorer, the authors' released
-code) has a quirk, the *correct* definition is the default and the reference
-behaviour is available behind an explicitly named switch.
+Conventions are those of the field's reference evaluators: where a reference
+evaluator (the Learn2Reg 2020 scorer, the authors' released code) has a quirk,
+the *correct* definition is the default and the reference behaviour is
+available behind an explicitly named switch.
 
-Array conventions
------------------
+Array conventions:
+
 * Volumes are channels-last NumPy arrays indexed ``[x, y, z]`` (3-D) or
   ``[h, w]`` (2-D).
 * A *sampling grid* ``phi`` has shape ``(X, Y, Z, 3)`` (or ``(H, W, 2)``);
@@ -51,37 +51,31 @@ def dice(a, b, labels: Iterable[int], *, empty: float = np.nan) -> np.ndarray:
 
     ``Dice_l = 2 |A_l ∩ B_l| / (|A_l| + |B_l|)`` with ``A_l = (a == l)``.
 
-    Parameters
-    ----------
-    a, b : array_like of int, same shape (any dimensionality, e.g. ``(X, Y, Z)``)
-        Hard label maps (e.g. the argmax of a softmax, or a warped atlas
-        segmentation with nearest-neighbour interpolation).
-    labels : iterable of int, length L
-        Foreground labels to score. The background label ``0`` is never
-        counted: it is dropped if present in ``labels``.
-    empty : float, keyword-only
-        Value returned for a label absent from *both* maps (0/0).
-        ``np.nan`` (default) follows the Learn2Reg scorer, which gives NaN and
-        skips such labels in its mean (use ``np.nanmean``); ``0.0`` reproduces
-        the U-ReSNet released code ("0 when both masks are empty").
-        A label present in only one map always scores 0.
+    Args:
+        a, b: array_like of int, same shape (any dimensionality, e.g.
+            ``(X, Y, Z)``). Hard label maps (e.g. the argmax of a softmax, or a
+            warped atlas segmentation with nearest-neighbour interpolation).
+        labels: iterable of int, length L. Foreground labels to score. The
+            background label ``0`` is never counted: it is dropped if present
+            in ``labels``.
+        empty: float, keyword-only. Value returned for a label absent from
+            *both* maps (0/0). ``np.nan`` (default) follows the Learn2Reg
+            scorer, which gives NaN and skips such labels in its mean (use
+            ``np.nanmean``); ``0.0`` reproduces the U-ReSNet released code
+            ("0 when both masks are empty"). A label present in only one map
+            always scores 0.
 
-    Returns
-    -------
-    np.ndarray, shape (L',), float64
-        Dice per label in the order given (``L'`` = number of non-zero labels).
-        Unitless, in [0, 1].
+    Returns:
+        np.ndarray of shape ``(L',)``, float64: Dice per label in the order
+        given (``L'`` = number of non-zero labels). Unitless, in [0, 1].
 
-    Raises
-    ------
-    ValueError
-        If ``a`` and ``b`` differ in shape, or an array is not integer/bool.
+    Raises:
+        ValueError: If ``a`` and ``b`` differ in shape, or an array is not
+            integer/bool.
 
-    Source
-    ------
-    Dice (1945); hard per-label volumetric Dice as in the Learn2Reg 2020/2021
-    scorer and U-ReSNet (Estienne et al. 2019) Table 1. Volumetric, not the
-    per-slice Dice of the released U-ReSNet code (see released-code-notes.md).
+    Source: Dice (1945); hard per-label volumetric Dice as in the Learn2Reg
+    2020/2021 scorer and U-ReSNet (Estienne et al. 2019) Table 1. Volumetric,
+    not the per-slice Dice of the released U-ReSNet code.
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -132,37 +126,30 @@ def jacobian_determinant(
     (second-order central differences inside, first-order one-sided
     differences on the border voxels), then ``det J``.
 
-    Parameters
-    ----------
-    grid_or_displacement : array_like, shape (X, Y, Z, 3) or (H, W, 2)
-        Either the sampling grid ``phi`` (absolute coordinates) or, with
-        ``displacement=True``, the displacement ``u`` with ``phi = id + u``.
-        Component ``c`` refers to array axis ``c``. Values in voxels by
-        default.
-    displacement : bool, keyword-only
-        If True the input is a displacement field and the identity is added
-        (``J = I + grad u``).
-    spacing : float or sequence of D floats, optional, keyword-only
-        Sample spacing of the array axes, in the *same unit as the field
-        values*. Leave ``None`` (= 1) for fields in voxel units. Pass the
-        voxel size in mm when the field values are in mm.
+    Args:
+        grid_or_displacement: array_like, shape ``(X, Y, Z, 3)`` or
+            ``(H, W, 2)``. Either the sampling grid ``phi`` (absolute
+            coordinates) or, with ``displacement=True``, the displacement ``u``
+            with ``phi = id + u``. Component ``c`` refers to array axis ``c``.
+            Values in voxels by default.
+        displacement: bool, keyword-only. If True the input is a displacement
+            field and the identity is added (``J = I + grad u``).
+        spacing: float or sequence of D floats, optional, keyword-only. Sample
+            spacing of the array axes, in the *same unit as the field values*.
+            Leave ``None`` (= 1) for fields in voxel units. Pass the voxel size
+            in mm when the field values are in mm.
 
-    Returns
-    -------
-    np.ndarray, shape (X, Y, Z) or (H, W), float64
-        Unitless determinant; 1 = volume preserved, <= 0 = folding.
+    Returns:
+        np.ndarray of shape ``(X, Y, Z)`` or ``(H, W)``, float64: unitless
+        determinant; 1 = volume preserved, <= 0 = folding.
 
-    Raises
-    ------
-    ValueError
-        If the field is not channels-last with ``D`` components on ``D``
-        spatial axes (``D`` in {2, 3}), an axis has fewer than 2 samples, or
-        ``spacing`` has the wrong length.
+    Raises:
+        ValueError: If the field is not channels-last with ``D`` components on
+            ``D`` spatial axes (``D`` in {2, 3}), an axis has fewer than 2
+            samples, or ``spacing`` has the wrong length.
 
-    Source
-    ------
-    Standard definition (e.g. Learn2Reg 2020 scorer, which uses the same
-    central differences via ``scipy.ndimage.correlate`` with kernel
+    Source: standard definition (e.g. Learn2Reg 2020 scorer, which uses the
+    same central differences via ``scipy.ndimage.correlate`` with kernel
     [-0.5, 0, 0.5] and zero padding, then crops a 2-voxel border; inside
     that crop the two agree exactly).
     """
@@ -207,28 +194,21 @@ def _apply_mask(values: np.ndarray, mask, fname: str) -> np.ndarray:
 def folding_fraction(jacobian, *, mask=None) -> float:
     """Fraction of voxels whose Jacobian determinant is <= 0 (folding).
 
-    Parameters
-    ----------
-    jacobian : array_like, shape (X, Y, Z) or (H, W)
-        Determinants, e.g. from :func:`jacobian_determinant`.
-    mask : array_like of bool, same shape, optional, keyword-only
-        Restrict the count to these voxels.
+    Reported alongside SDlogJ because the Learn2Reg clip at 1e-9 hides
+    folding.
 
-    Returns
-    -------
-    float
-        In [0, 1] (multiply by 100 for the "% of folding voxels" that papers
-        report). NaN if no voxel is selected.
+    Args:
+        jacobian: array_like, shape ``(X, Y, Z)`` or ``(H, W)``. Determinants,
+            e.g. from :func:`jacobian_determinant`.
+        mask: array_like of bool, same shape, optional, keyword-only. Restrict
+            the count to these voxels.
 
-    Raises
-    ------
-    ValueError
-        If ``mask`` and ``jacobian`` shapes differ.
+    Returns:
+        float: in [0, 1] (multiply by 100 for the "% of folding voxels" that
+        papers report). NaN if no voxel is selected.
 
-    Source
-    ------
-    metric-conventions.md: reported alongside SDlogJ because the Learn2Reg
-    clip at 1e-9 hides folding.
+    Raises:
+        ValueError: If ``mask`` and ``jacobian`` shapes differ.
     """
     v = _apply_mask(jacobian, mask, "folding_fraction")
     if v.size == 0:
@@ -250,34 +230,28 @@ def sd_log_jacobian(jacobian, *, mask=None, learn2reg: bool = False) -> float:
     issues 7 and 8). Use it only to compare with numbers published under that
     scorer, e.g. Gunnarsson et al. 2020 Table 1.
 
-    Parameters
-    ----------
-    jacobian : array_like, shape (X, Y, Z) or (H, W)
-        Determinants of the *full* field, e.g. from
-        :func:`jacobian_determinant` (with ``learn2reg=True`` the border crop
-        is applied here, so pass the uncropped array).
-    mask : array_like of bool, same shape as ``jacobian``, optional
-        Restrict to these voxels (Learn2Reg Task 2 uses the lung mask of the
-        fixed image). With ``learn2reg=True`` the mask is cropped the same way.
-    learn2reg : bool
-        Reproduce the Learn2Reg 2020 scorer as described above.
+    Args:
+        jacobian: array_like, shape ``(X, Y, Z)`` or ``(H, W)``. Determinants
+            of the *full* field, e.g. from :func:`jacobian_determinant` (with
+            ``learn2reg=True`` the border crop is applied here, so pass the
+            uncropped array).
+        mask: array_like of bool, same shape as ``jacobian``, optional.
+            Restrict to these voxels (Learn2Reg Task 2 uses the lung mask of
+            the fixed image). With ``learn2reg=True`` the mask is cropped the
+            same way.
+        learn2reg: bool. Reproduce the Learn2Reg 2020 scorer as described
+            above.
 
-    Returns
-    -------
-    float
-        Unitless (std of a log). NaN if no voxel is selected.
+    Returns:
+        float: unitless (std of a log). NaN if no voxel is selected.
         ``np.std`` with ``ddof=0``, as the L2R scorer (``numpy`` /
         ``np.ma`` std).
 
-    Raises
-    ------
-    ValueError
-        If the mask shape differs, or ``learn2reg=True`` and an axis has <= 4
-        voxels.
+    Raises:
+        ValueError: If the mask shape differs, or ``learn2reg=True`` and an
+            axis has <= 4 voxels.
 
-    Source
-    ------
-    Learn2Reg 2020 scorer (``evaluation.py``); metric-conventions.md.
+    Source: Learn2Reg 2020 scorer (``evaluation.py``).
     """
     jac = np.asarray(jacobian, dtype=np.float64)
     if mask is not None:
@@ -319,25 +293,19 @@ def surface_distances(a, b, *, spacing: Sequence[float] | float = 1.0) -> np.nda
     (``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing``), and
     vice versa; both sets are concatenated.
 
-    Parameters
-    ----------
-    a, b : array_like of bool, same shape (2-D or 3-D)
-    spacing : float or sequence of floats, keyword-only
-        Voxel size per axis in mm. Distances are in mm; pass 1 for voxels.
+    Args:
+        a, b: array_like of bool, same shape (2-D or 3-D).
+        spacing: float or sequence of floats, keyword-only. Voxel size per
+            axis in mm. Distances are in mm; pass 1 for voxels.
 
-    Returns
-    -------
-    np.ndarray, shape (|S_a| + |S_b|,), float64
-        Distances in the unit of ``spacing``. Empty if either mask is empty.
+    Returns:
+        np.ndarray of shape ``(|S_a| + |S_b|,)``, float64: distances in the
+        unit of ``spacing``. Empty if either mask is empty.
 
-    Raises
-    ------
-    ValueError
-        On shape mismatch or a ``spacing`` of the wrong length.
+    Raises:
+        ValueError: On shape mismatch or a ``spacing`` of the wrong length.
 
-    Source
-    ------
-    Same construction as MedPy ``hd95`` (``__surface_distances``).
+    Source: same construction as MedPy ``hd95`` (``__surface_distances``).
     """
     a = np.asarray(a).astype(bool)
     b = np.asarray(b).astype(bool)
@@ -365,22 +333,18 @@ def hausdorff_distance(
     distance; the diffeomorphic U-Net paper reports it with unit spacing, in
     voxels); ``percentile=95`` gives HD95 (see :func:`hd95`).
 
-    Parameters
-    ----------
-    a, b : array_like of bool, same shape
-    spacing : float or sequence, keyword-only
-        Voxel size in mm (result in mm) or 1 (result in voxels).
-    percentile : float in [0, 100], keyword-only
+    Args:
+        a, b: array_like of bool, same shape.
+        spacing: float or sequence, keyword-only. Voxel size in mm (result in
+            mm) or 1 (result in voxels).
+        percentile: float in [0, 100], keyword-only.
 
-    Returns
-    -------
-    float
-        Distance in the unit of ``spacing``; NaN if either mask is empty.
+    Returns:
+        float: distance in the unit of ``spacing``; NaN if either mask is
+        empty.
 
-    Raises
-    ------
-    ValueError
-        As :func:`surface_distances`.
+    Raises:
+        ValueError: As :func:`surface_distances`.
     """
     d = surface_distances(a, b, spacing=spacing)
     if d.size == 0:
@@ -394,31 +358,27 @@ def hd95(a, b, *, spacing: Sequence[float] | float = (1.0, 1.0, 1.0)) -> float:
     ``np.percentile`` (linear interpolation) of the pooled distances from
     both surfaces, as computed by :func:`surface_distances`.
 
-    Parameters
-    ----------
-    a, b : array_like of bool, same shape, e.g. ``(X, Y, Z)``
-        Binary masks (for a label map use ``a == label``).
-    spacing : float or sequence of floats, keyword-only
-        Voxel size in mm per axis (default unit spacing). Result in mm.
-        The Learn2Reg scorer passes unit spacing, so its HD95 is in *voxels*:
-        use ``spacing=1`` to compare with it.
+    Args:
+        a, b: array_like of bool, same shape, e.g. ``(X, Y, Z)``. Binary masks
+            (for a label map use ``a == label``).
+        spacing: float or sequence of floats, keyword-only. Voxel size in mm
+            per axis (default unit spacing). Result in mm. The Learn2Reg
+            scorer passes unit spacing, so its HD95 is in *voxels*: use
+            ``spacing=1`` to compare with it.
 
-    Returns
-    -------
-    float
-        HD95 in the unit of ``spacing``; NaN if either mask is empty.
+    Returns:
+        float: HD95 in the unit of ``spacing``; NaN if either mask is empty.
 
-    Raises
-    ------
-    ValueError
-        On shape mismatch or a ``spacing`` of the wrong length.
+    Raises:
+        ValueError: On shape mismatch or a ``spacing`` of the wrong length.
 
-    Source
-    ------
-    metric-conventions.md; Gunnarsson et al. 2020 Table 1 (HD95). Note: the
-    Learn2Reg scorer uses DeepMind's ``surface-distance`` package, which
-    weights surface elements by area and takes the max of the two directed
-    95th percentiles; values differ slightly from this pooled definition.
+    Source: Gunnarsson et al. 2020 Table 1 (HD95).
+
+    Note:
+        The Learn2Reg scorer uses DeepMind's ``surface-distance`` package,
+        which weights surface elements by area and takes the max of the two
+        directed 95th percentiles; values differ slightly from this pooled
+        definition.
     """
     return hausdorff_distance(a, b, spacing=spacing, percentile=95.0)
 
@@ -441,38 +401,31 @@ def tre(
     landmarks, ``p' = p_f + u(p_f)``, and compared with the MOVING landmarks:
     ``TRE_n = || (p'_n - p_m,n) * spacing ||_2``.
 
-    Parameters
-    ----------
-    fixed_points, moving_points : array_like, shape (N, 3)
-        Landmark coordinates in voxels (array index space of the fixed and the
-        moving image, which share the grid).
-    displacement : array_like, shape (X, Y, Z, 3)
-        Displacement in voxels defined on the fixed grid (``phi = id + u``
-        maps fixed to moving coordinates, as used for backward warping).
-    spacing : float or sequence of 3 floats
-        Voxel size in mm. TRE is returned in mm.
-    order : int, keyword-only
-        Spline order for ``scipy.ndimage.map_coordinates``. Default 1
-        (trilinear). The Learn2Reg 2020 scorer uses the map_coordinates
-        default, order 3 with ``mode='constant'``: pass
-        ``**L2R_TRE_INTERPOLATION`` to reproduce it.
-    mode : str, keyword-only
-        Boundary mode for ``map_coordinates`` (default ``'nearest'``).
+    Args:
+        fixed_points, moving_points: array_like, shape ``(N, 3)``. Landmark
+            coordinates in voxels (array index space of the fixed and the
+            moving image, which share the grid).
+        displacement: array_like, shape ``(X, Y, Z, 3)``. Displacement in
+            voxels defined on the fixed grid (``phi = id + u`` maps fixed to
+            moving coordinates, as used for backward warping).
+        spacing: float or sequence of 3 floats. Voxel size in mm. TRE is
+            returned in mm.
+        order: int, keyword-only. Spline order for
+            ``scipy.ndimage.map_coordinates``. Default 1 (trilinear). The
+            Learn2Reg 2020 scorer uses the map_coordinates default, order 3
+            with ``mode='constant'``: pass ``**L2R_TRE_INTERPOLATION`` to
+            reproduce it.
+        mode: str, keyword-only. Boundary mode for ``map_coordinates``
+            (default ``'nearest'``).
 
-    Returns
-    -------
-    np.ndarray, shape (N,), float64
-        TRE per landmark in mm.
+    Returns:
+        np.ndarray of shape ``(N,)``, float64: TRE per landmark in mm.
 
-    Raises
-    ------
-    ValueError
-        If the point arrays are not (N, 3) of equal N, the field is not
-        (X, Y, Z, 3), or ``spacing`` has the wrong length.
+    Raises:
+        ValueError: If the point arrays are not (N, 3) of equal N, the field
+            is not (X, Y, Z, 3), or ``spacing`` has the wrong length.
 
-    Source
-    ------
-    Learn2Reg 2020 scorer (``compute_tre``); metric-conventions.md.
+    Source: Learn2Reg 2020 scorer (``compute_tre``).
     """
     pf = np.asarray(fixed_points, dtype=np.float64)
     pm = np.asarray(moving_points, dtype=np.float64)
@@ -506,28 +459,21 @@ def worst_fraction_mean(values, fraction: float = 0.3, higher_is_better: bool = 
     higher-is-better score (Dice → DSC30), the highest for a
     lower-is-better one (TRE → TRE30, pass ``higher_is_better=False``).
 
-    Parameters
-    ----------
-    values : array_like, shape (n_cases,)
-        One value per case (e.g. the mean Dice or mean TRE of each pair).
-    fraction : float in (0, 1]
-    higher_is_better : bool
+    Args:
+        values: array_like, shape ``(n_cases,)``. One value per case (e.g. the
+            mean Dice or mean TRE of each pair).
+        fraction: float in (0, 1].
+        higher_is_better: bool.
 
-    Returns
-    -------
-    float
-        In the unit of ``values``; NaN if there is no finite value.
+    Returns:
+        float: in the unit of ``values``; NaN if there is no finite value.
 
-    Raises
-    ------
-    ValueError
-        If ``fraction`` is not in (0, 1] or ``values`` is not 1-D.
+    Raises:
+        ValueError: If ``fraction`` is not in (0, 1] or ``values`` is not 1-D.
 
-    Source
-    ------
-    Learn2Reg 2020 robustness scores (Gunnarsson et al. 2020 Table 1, TRE30
-    and DSC30). The rounding of ``fraction * n`` is not documented by the
-    challenge; ceil is used here so that at least one case is taken.
+    Source: Learn2Reg 2020 robustness scores (Gunnarsson et al. 2020 Table 1,
+    TRE30 and DSC30). The rounding of ``fraction * n`` is not documented by
+    the challenge; ceil is used here so that at least one case is taken.
     """
     if not (0.0 < fraction <= 1.0):
         raise ValueError(f"worst_fraction_mean: fraction must be in (0, 1], got {fraction}")

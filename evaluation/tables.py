@@ -61,26 +61,22 @@ def atomic_write_csv(
 ) -> Path:
     """Write a DataFrame as CSV atomically, optionally preceded by ``# key: value`` lines.
 
-    Parameters
-    ----------
-    df : pandas.DataFrame
-    path : str or os.PathLike
-    header : mapping, optional, keyword-only
-        Provenance written as leading comment lines ``# key: value``.
-        Read back with :func:`read_result_csv`.
-    index : bool, keyword-only
-        Write the index as the first column (default True).
-    float_format : str, optional
-        Passed to :meth:`pandas.DataFrame.to_csv` (default: full precision).
+    Args:
+        df: pandas.DataFrame.
+        path: str or os.PathLike.
+        header: mapping, optional, keyword-only. Provenance written as leading
+            comment lines ``# key: value``. Read back with
+            :func:`read_result_csv`.
+        index: bool, keyword-only. Write the index as the first column
+            (default True).
+        float_format: str, optional. Passed to
+            :meth:`pandas.DataFrame.to_csv` (default: full precision).
 
-    Returns
-    -------
-    pathlib.Path
+    Returns:
+        pathlib.Path.
 
-    Raises
-    ------
-    OSError
-        If the file cannot be written.
+    Raises:
+        OSError: If the file cannot be written.
     """
     body = df.to_csv(index=index, float_format=float_format, lineterminator="\n")
     lines = _header_lines(header)
@@ -91,15 +87,12 @@ def atomic_write_csv(
 def read_result_csv(path) -> tuple[pd.DataFrame, dict[str, str]]:
     """Read a CSV written by :func:`write_result_table` / :func:`atomic_write_csv`.
 
-    Returns
-    -------
-    (pandas.DataFrame, dict)
-        The table (first column as index) and the header dict (values as str).
+    Returns:
+        (pandas.DataFrame, dict): the table (first column as index) and the
+        header dict (values as str).
 
-    Raises
-    ------
-    OSError
-        If the file cannot be read.
+    Raises:
+        OSError: If the file cannot be read.
     """
     path = Path(path)
     header: dict[str, str] = {}
@@ -123,29 +116,23 @@ def summarise(
 ) -> pd.DataFrame:
     """Mean and standard deviation over cases.
 
-    Parameters
-    ----------
-    per_case : pandas.DataFrame, shape (n_cases, n_metrics)
-        One row per case (e.g. per registration pair), one column per metric
-        or structure.
-    columns : sequence of str, optional
-        Columns to summarise, in this order (default: all numeric columns).
-    ddof : int, keyword-only
-        Delta degrees of freedom of the std. Default 0 (``np.std``, as the
-        Learn2Reg scorer and most released evaluation scripts); pass 1 for
-        the sample std.
+    Args:
+        per_case: pandas.DataFrame, shape ``(n_cases, n_metrics)``. One row
+            per case (e.g. per registration pair), one column per metric or
+            structure.
+        columns: sequence of str, optional. Columns to summarise, in this
+            order (default: all numeric columns).
+        ddof: int, keyword-only. Delta degrees of freedom of the std.
+            Default 0 (``np.std``, as the Learn2Reg scorer and most released
+            evaluation scripts); pass 1 for the sample std.
 
-    Returns
-    -------
-    pandas.DataFrame, shape (len(columns), 3)
-        Index = the columns, columns ``mean``, ``std``, ``n`` (number of
-        non-NaN cases). NaN values are skipped (Learn2Reg ``nanmean``
-        convention for absent labels).
+    Returns:
+        pandas.DataFrame of shape ``(len(columns), 3)``: index = the columns,
+        columns ``mean``, ``std``, ``n`` (number of non-NaN cases). NaN values
+        are skipped (Learn2Reg ``nanmean`` convention for absent labels).
 
-    Raises
-    ------
-    KeyError
-        If a requested column is missing.
+    Raises:
+        KeyError: If a requested column is missing.
     """
     if columns is None:
         columns = list(per_case.select_dtypes(include="number").columns)
@@ -187,32 +174,28 @@ def comparison_table(
 ) -> pd.DataFrame:
     """Side-by-side table of our results and a paper's published numbers.
 
-    Parameters
-    ----------
-    ours : dict[str, pandas.DataFrame]
-        Per method, a DataFrame indexed by structure / metric with columns
-        ``mean`` and ``std`` (e.g. the output of :func:`summarise`).
-    published : dict[str, dict[str, (mean, std)]]
-        Per method, per structure: ``(mean, std)``; ``std`` may be ``None``
-        (or a bare number may be given) when the paper reports none.
-    row_order : sequence of str, optional
-        Rows (structures) in the order of the paper's table. Default: the
-        union of the structures of ``ours`` then ``published``, in first-seen
-        order.
+    Args:
+        ours: dict[str, pandas.DataFrame]. Per method, a DataFrame indexed by
+            structure / metric with columns ``mean`` and ``std`` (e.g. the
+            output of :func:`summarise`).
+        published: dict[str, dict[str, (mean, std)]]. Per method, per
+            structure: ``(mean, std)``; ``std`` may be ``None`` (or a bare
+            number may be given) when the paper reports none.
+        row_order: sequence of str, optional. Rows (structures) in the order
+            of the paper's table. Default: the union of the structures of
+            ``ours`` then ``published``, in first-seen order.
 
-    Returns
-    -------
-    pandas.DataFrame, shape (n_rows, 5 * n_methods)
-        Index = structures. For every method (those of ``ours`` first, then
-        methods only published) the columns ``<method> ours mean``,
+    Returns:
+        pandas.DataFrame of shape ``(n_rows, 5 * n_methods)``: index =
+        structures. For every method (those of ``ours`` first, then methods
+        only published) the columns ``<method> ours mean``,
         ``<method> ours std``, ``<method> published mean``,
         ``<method> published std``, ``<method> diff`` (ours mean −
         published mean). Missing entries are NaN.
 
-    Raises
-    ------
-    KeyError
-        If a DataFrame in ``ours`` lacks a ``mean`` or ``std`` column.
+    Raises:
+        KeyError: If a DataFrame in ``ours`` lacks a ``mean`` or ``std``
+            column.
     """
     for m, df in ours.items():
         for col in ("mean", "std"):
@@ -326,16 +309,12 @@ def to_markdown(df: pd.DataFrame, *, digits: int = 3) -> str:
     column ``X`` shown as ``0.706 ± 0.141``; columns ending in ``diff`` get an
     explicit sign; NaN shows as ``–``. The index is the first column.
 
-    Parameters
-    ----------
-    df : pandas.DataFrame
-    digits : int, keyword-only
-        Decimals for floats.
+    Args:
+        df: pandas.DataFrame.
+        digits: int, keyword-only. Decimals for floats.
 
-    Returns
-    -------
-    str
-        The table, ending in a newline.
+    Returns:
+        str: the table, ending in a newline.
     """
     groups = _mean_std_pairs(list(df.columns))
     colmap = {str(c): c for c in df.columns}
@@ -381,43 +360,34 @@ def write_result_table(
       ``notes``, then the table from :func:`to_markdown` (``mean ± std``
       formatting, e.g. ``0.706 ± 0.141``).
 
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        The table (e.g. from :func:`summarise` or :func:`comparison_table`).
-    out_dir : str or os.PathLike
-        Folder (created if missing).
-    stem : str
-        File name without extension (no path separators).
-    header : mapping
-        Provenance. Must contain ``dataset`` (the dataset actually used,
-        e.g. ``"OASIS-3"`` or ``"synthetic stand-in for OASIS-3"``).
-        Recommended keys: ``preset``, ``commit``, ``seed``, ``wall time``,
-        ``command``; ``commit`` is filled with :func:`git_commit` if absent.
-        Keys listed in ``HEADER_KEY_ORDER`` come first.
-    title : str, optional, keyword-only
-        Title; default ``stem``. The dataset name is appended unless the
-        title already contains it.
-    overwrite : bool, keyword-only
-        If False (default) refuse to replace an existing file.
-    digits : int, keyword-only
-        Decimals in the Markdown table.
-    notes : str, optional, keyword-only
-        Free text placed between the header list and the table.
+    Args:
+        df: pandas.DataFrame. The table (e.g. from :func:`summarise` or
+            :func:`comparison_table`).
+        out_dir: str or os.PathLike. Folder (created if missing).
+        stem: str. File name without extension (no path separators).
+        header: mapping. Provenance. Must contain ``dataset`` (the dataset
+            actually used, e.g. ``"OASIS-3"`` or
+            ``"synthetic stand-in for OASIS-3"``). Recommended keys:
+            ``preset``, ``commit``, ``seed``, ``wall time``, ``command``;
+            ``commit`` is filled with :func:`git_commit` if absent. Keys
+            listed in ``HEADER_KEY_ORDER`` come first.
+        title: str, optional, keyword-only. Title; default ``stem``. The
+            dataset name is appended unless the title already contains it.
+        overwrite: bool, keyword-only. If False (default) refuse to replace
+            an existing file.
+        digits: int, keyword-only. Decimals in the Markdown table.
+        notes: str, optional, keyword-only. Free text placed between the
+            header list and the table.
 
-    Returns
-    -------
-    (pathlib.Path, pathlib.Path)
-        Paths of the CSV and Markdown files.
+    Returns:
+        (pathlib.Path, pathlib.Path): paths of the CSV and Markdown files.
 
-    Raises
-    ------
-    ValueError
-        If ``header`` has no non-empty ``dataset`` or ``stem`` is not a bare
-        file name.
-    FileExistsError
-        If ``<stem>.csv`` or ``<stem>.md`` exists and ``overwrite`` is False
-        (nothing is written; the message names the file).
+    Raises:
+        ValueError: If ``header`` has no non-empty ``dataset`` or ``stem`` is
+            not a bare file name.
+        FileExistsError: If ``<stem>.csv`` or ``<stem>.md`` exists and
+            ``overwrite`` is False (nothing is written; the message names the
+            file).
     """
     dataset = header.get("dataset") if header is not None else None
     if dataset is None or not str(dataset).strip():
@@ -457,24 +427,19 @@ def write_result_table(
 def git_commit(short: bool = True, path=None) -> str:
     """Commit hash of the git work tree containing this package (or ``path``).
 
-    Parameters
-    ----------
-    short : bool
-        Abbreviated hash (``git rev-parse --short HEAD``) if True.
-    path : str or os.PathLike, optional
-        Folder inside the repository (default: the folder of this file).
+    Never raises: every error yields ``"unknown"``.
 
-    Returns
-    -------
-    str
-        The hash, with ``-dirty`` appended when tracked files have uncommitted
-        changes (untracked files are ignored, as in ``git describe --dirty``);
-        ``"unknown"`` if git is unavailable, this is not a repository, or it
-        has no commit yet.
+    Args:
+        short: bool. Abbreviated hash (``git rev-parse --short HEAD``) if
+            True.
+        path: str or os.PathLike, optional. Folder inside the repository
+            (default: the folder of this file).
 
-    Raises
-    ------
-    Nothing: every error yields ``"unknown"``.
+    Returns:
+        str: the hash, with ``-dirty`` appended when tracked files have
+        uncommitted changes (untracked files are ignored, as in
+        ``git describe --dirty``); ``"unknown"`` if git is unavailable, this
+        is not a repository, or it has no commit yet.
     """
     try:
         cwd = Path(path) if path is not None else Path(__file__).resolve().parent
