@@ -1,8 +1,9 @@
-"""Evaluation tools: metrics, result tables and qualitative figures.
+"""Evaluation tools: the shared pair evaluation, metrics, result tables and figures.
 
-NumPy / SciPy / pandas / matplotlib only (no TensorFlow). Metric conventions
-follow ``/work/shared/papers/metric-conventions.md``; see each docstring for
-the unit (voxels or mm) and the source.
+:mod:`regseg.evaluation.pairs` holds the registrar protocol and :func:`evaluate_pairs` (it
+warps with ``regseg.layers``, hence TensorFlow); metrics, tables and figures are NumPy / SciPy /
+pandas / matplotlib only. Metric conventions are those of the field's reference evaluators
+(Learn2Reg); see each docstring for the unit (voxels or mm) and the source.
 """
 
 from .metrics import (
