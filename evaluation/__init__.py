@@ -31,6 +31,7 @@ from .tables import (
     write_result_table,
 )
 from .figures import DEFAULT_SEG_COLOURS, mid_slices, registration_figure, segmentation_figure
+from .pairs import IdentityRegistrar, PairEvaluation, Registrar, evaluate_pairs, warp_labels
 
 __all__ = [
     "L2R_TRE_INTERPOLATION",
@@ -57,4 +58,9 @@ __all__ = [
     "mid_slices",
     "registration_figure",
     "segmentation_figure",
+    "Registrar",
+    "IdentityRegistrar",
+    "PairEvaluation",
+    "evaluate_pairs",
+    "warp_labels",
 ]
