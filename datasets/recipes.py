@@ -384,6 +384,7 @@ class Flip(Step):
     """Flip every part along array ``axes`` (e.g. right knees to left, DeepAtlas §3).
 
     The affine is updated so that world coordinates are unchanged (only the voxel order flips).
+    ``axes`` are spatial axes 0..2 (a negative axis counts back from axis 2; others: ValueError).
     """
 
     axes: tuple = (0,)
@@ -392,12 +393,16 @@ class Flip(Step):
 
     def __call__(self, sample):
         first = next(iter(sample.images.values()))
+        # spatial axes only; a negative axis counts from the third (not the array's last) axis
+        axes = tuple(int(a) + 3 if int(a) < 0 else int(a) for a in self.axes)
+        if not all(0 <= a < 3 for a in axes):
+            raise ValueError(f"flip: axes must be spatial axes in -3..2, got {self.axes}")
         for kind in ("images", "labels", "masks"):
             parts = getattr(sample, kind)
             for key, arr in parts.items():
-                parts[key] = np.ascontiguousarray(np.flip(arr, axis=tuple(self.axes)))
+                parts[key] = np.ascontiguousarray(np.flip(arr, axis=axes))
         flip = np.eye(4)
-        for ax in self.axes:
+        for ax in axes:
             flip[ax, ax] = -1.0
             flip[ax, 3] = first.shape[ax] - 1
         sample.affine = np.asarray(sample.affine, dtype=np.float64) @ flip

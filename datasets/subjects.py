@@ -225,7 +225,10 @@ def read_subject(subject: Subject) -> Sample:
         sample.labels[name] = onto_grid(load_volume(path, label=True), True)
         sample.sources[name] = str(path)
     for name, path in subject.masks.items():
-        sample.masks[name] = onto_grid(load_volume(path), True) != 0
+        mask = load_volume(path)
+        # binarise BEFORE any resampling: "non-zero = inside" (an int cast would drop 0 < v < 1)
+        mask.data = (mask.data != 0).astype(np.uint8)
+        sample.masks[name] = onto_grid(mask, True) != 0
         sample.sources[name] = str(path)
     if subject.landmarks is not None:
         if isinstance(subject.landmarks, (str, os.PathLike)):

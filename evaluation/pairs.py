@@ -145,18 +145,22 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
         pairs: int ``(P, 2)`` of (moving, fixed) indices into ``samples``.
         structures: label map scored with Dice (classes named by ``structure_names`` of the
             dataset when ``samples`` is one; else ``"1", "2", ...``); ``None`` for no Dice.
-        segmentation: label map the predicted ``moving_seg`` is scored against, or ``None``.
+        segmentation: label map the predicted ``moving_seg`` is scored against (classes named by
+            ``class_names`` of the dataset when ``samples`` is one; else ``"1", "2", ...``), or
+            ``None``.
         label_rule: see :func:`warp_labels`.
         hd95: also compute the 95th-percentile Hausdorff distance per structure (mm).
         jacobian_mask: name of a mask of the fixed sample inside which the folded fraction and
-            SDlogJ are computed (``None``: the whole volume).
+            SDlogJ are computed (``None``: the whole volume); a fixed sample without it raises
+            DataError.
         nifti_dir: write ``<folder>/<moving>_to_<fixed>_{warped,warped_structures,
             displacement_voxels}.nii.gz`` in the fixed sample's geometry.
         folder_names: ``{method: folder}`` for ``nifti_dir`` (default: the method name).
     Returns:
         :class:`PairEvaluation`.
     Raises:
-        ValueError: unknown label rule; DataError: a sample without a label map it needs.
+        ValueError: unknown label rule; DataError: a sample without a label map or the
+            ``jacobian_mask`` it needs.
     """
     from regseg.datasets.io import save_volume
     from regseg.layers import warp
@@ -171,6 +175,9 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
     if structures is not None and not names:
         n = int(max(int(s.label(structures).max()) for s in loaded))
         names = [str(k) for k in range(1, n + 1)]
+    if segmentation is not None and not classes:
+        n = int(max(int(s.label(segmentation).max()) for s in loaded))
+        classes = [str(k) for k in range(1, n + 1)]
     labels = list(range(1, len(names) + 1))
     result = PairEvaluation()
     dice_rows = {m: [] for m in registrars}
@@ -214,7 +221,14 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
                                  "TRE mm": float(np.linalg.norm(world - mov.landmarks, axis=1).mean())})
             if moved:
                 jac = metrics.jacobian_determinant(grid)
-                mask = fix.masks.get(jacobian_mask) if jacobian_mask else None
+                mask = None
+                if jacobian_mask:
+                    if jacobian_mask not in fix.masks:
+                        from regseg.datasets.io import DataError
+                        have = ", ".join(sorted(fix.masks)) or "none"
+                        raise DataError(f"{fix.subject_id}: no mask {jacobian_mask!r} for the "
+                                        f"Jacobian statistics (masks: {have})")
+                    mask = fix.masks[jacobian_mask]
                 def_rows.append({"pair": pair_id, "method": method,
                                  "folding fraction": metrics.folding_fraction(jac, mask=mask),
                                  "SDlogJ": metrics.sd_log_jacobian(jac, mask=mask)})
