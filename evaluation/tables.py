@@ -460,3 +460,57 @@ def git_commit(short: bool = True, path=None) -> str:
         return commit + ("-dirty" if st.stdout.strip() else "")
     except Exception:  # noqa: BLE001 - never raise
         return "unknown"
+
+
+def structure_table(
+    per_pair: Mapping[str, pd.DataFrame],
+    published: Mapping[str, Mapping[str, object]],
+    paper_rows: Sequence[str],
+    *,
+    mean_row: str | None = "mean",
+    published_mean: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """A paper's per-structure table: our mean ± std over pairs beside the published values.
+
+    Rows are the paper's structures in its order, then structures of our data the paper does
+    not have (no published value), then the mean over structures. When our data lacks some of
+    the paper's structures, those rows come first and empty, and the mean row is named
+    ``"<mean_row> of N (no published value)"`` since it no longer averages the paper's set.
+
+    Args:
+        per_pair: ``{method: DataFrame}`` rows = pairs, columns = structures (e.g.
+            :attr:`regseg.evaluation.pairs.PairEvaluation.dice`).
+        published: ``{method: {structure: (mean, std)}}`` as printed in the paper.
+        paper_rows: the paper's structures in table order.
+        mean_row: the mean-over-structures row (mean and std over pairs of the per-pair mean)
+            is named ``"<mean_row> of <number of structures>"``; ``None`` for no such row.
+        published_mean: ``{method: value}`` published (or computed from the paper) for the mean
+            row, used only when our structures are exactly ``paper_rows``.
+
+    Returns:
+        The :func:`comparison_table` (``<method> ours mean``, ``ours std``, ``published mean``,
+        ``published std``, ``diff`` per method).
+    """
+    names = list(next(iter(per_pair.values())).columns) if per_pair else []
+    complete = names == list(paper_rows)
+    mean_name = None
+    if mean_row is not None:
+        mean_name = (f"{mean_row} of {len(names)}" if complete
+                     else f"{mean_row} of {len(names)} (no published value)")
+    ours = {}
+    for method, df in per_pair.items():
+        summary = pd.DataFrame({"mean": df.mean(axis=0), "std": df.std(axis=0, ddof=0)})
+        if mean_name is not None:
+            per_pair_mean = df.mean(axis=1)
+            summary.loc[mean_name] = [per_pair_mean.mean(), per_pair_mean.std(ddof=0)]
+        ours[method] = summary
+    pub = {m: dict(v) for m, v in published.items()}
+    if complete and mean_name is not None and published_mean:
+        for m, value in published_mean.items():
+            pub.setdefault(m, {})[mean_name] = (value, None)
+    rows = [s for s in paper_rows if s in names] + [s for s in names if s not in paper_rows]
+    if not complete:
+        rows = [s for s in paper_rows if s not in names] + rows
+    if mean_name is not None:
+        rows.append(mean_name)
+    return comparison_table(ours, pub, rows)

@@ -173,3 +173,24 @@ def test_git_commit_never_raises(tmp_path):
     assert isinstance(c, str) and c
     assert c == "unknown" or all(ch in "0123456789abcdef" for ch in c.removesuffix("-dirty"))
     assert git_commit(path=tmp_path / "does-not-exist") == "unknown"
+
+
+def test_structure_table_against_hand_values():
+    from regseg.evaluation.tables import structure_table
+
+    per_pair = {"A": pd.DataFrame({"x": [0.5, 0.7], "y": [0.1, 0.3]}, index=["p1", "p2"])}
+    pub = {"A": {"x": (0.6, 0.1), "y": (0.2, None)}, "B": {"x": (0.9, 0.0)}}
+    t = structure_table(per_pair, pub, ["x", "y"], mean_row="mean", published_mean={"A": 0.4})
+    assert list(t.index) == ["x", "y", "mean of 2"]
+    np.testing.assert_allclose(t.loc["x", ["A ours mean", "A ours std"]], [0.6, 0.1])
+    # mean row: per-pair means 0.3 and 0.5 -> mean 0.4, population std 0.1
+    np.testing.assert_allclose(t.loc["mean of 2", ["A ours mean", "A ours std"]], [0.4, 0.1])
+    assert t.at["mean of 2", "A published mean"] == 0.4 and t.at["mean of 2", "A diff"] == pytest.approx(0)
+    assert t.at["x", "B published mean"] == 0.9 and np.isnan(t.at["x", "B ours mean"])
+    # our data lacks "y" and has "z": paper rows first (empty), extra rows, renamed mean row
+    other = {"A": pd.DataFrame({"x": [0.5], "z": [0.9]}, index=["p1"])}
+    t2 = structure_table(other, pub, ["x", "y"], mean_row="mean", published_mean={"A": 0.4})
+    assert list(t2.index) == ["y", "x", "z", "mean of 2 (no published value)"]
+    assert np.isnan(t2.at["mean of 2 (no published value)", "A published mean"])
+    assert np.isnan(t2.at["z", "A published mean"]) and t2.at["z", "A ours mean"] == 0.9
+    assert list(structure_table(per_pair, pub, ["x", "y"], mean_row=None).index) == ["x", "y"]

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Preset", "DatasetSpec", "Method", "KerasMethod", "TrainingPlan", "Table",
+__all__ = ["IdentityMethod", "ixi10_dataset", "oasis3_dataset", "folder_dataset", "demo_dataset",
+           "Preset", "DatasetSpec", "Method", "KerasMethod", "TrainingPlan", "Table",
            "Reproduction", "RunContext", "UsageError", "run", "main", "RUN_MANIFEST",
            "read_run_manifest", "random_pairs_plan"]
 
@@ -166,6 +167,18 @@ class Method:
     def load(self, run_dir: Path, manifest: dict):
         """A registrar from a finished run folder (``python -m regseg register``)."""
         raise NotImplementedError(f"{self.key} has no trained model to load")
+
+
+class IdentityMethod(Method):
+    """An untrained baseline: the identity after preprocessing (a table's "Initial" row; for
+    U-ReSNet, "Rigid", since §3.5's preprocessing already aligns the centres of mass)."""
+
+    def __init__(self, key: str, label: str):
+        self.key, self.label = key, label
+
+    def fit(self, ctx: RunContext, run_dir: Path):
+        from regseg.evaluation.pairs import IdentityRegistrar
+        return IdentityRegistrar()
 
 
 class KerasMethod(Method):
@@ -395,6 +408,59 @@ class Reproduction:
 
 
 # ------------------------------------------------------------------------------- data
+def _split_sizes(ctx) -> tuple:
+    return tuple(getattr(ctx.preset, "split_sizes", (7, 1, 2)))
+
+
+def ixi10_dataset(recipe=None) -> DatasetSpec:
+    """The ixi10 sample (real IXI T1, 2 mm): ``<root>/ixi10``, else downloaded (pinned, sha256).
+
+    Split by ``preset.split_sizes`` (train, validation, test); ``recipe`` default: U-ReSNet §3.5.
+    """
+    def load(root, ctx):
+        from regseg.datasets import ixi10_splits
+        train, val, test = _split_sizes(ctx)
+        return ixi10_splits(root, train=train, validation=val, test=test, recipe=recipe)
+
+    def download(cache):
+        from regseg.datasets import download_ixi10
+        download_ixi10(cache)
+        return cache
+
+    return DatasetSpec("ixi10", load, download=download)
+
+
+def oasis3_dataset(recipe=None) -> DatasetSpec:
+    """The user's OASIS-3 FreeSurfer outputs (needs ``--data-root``), split by subject."""
+    def load(root, ctx):
+        from regseg.datasets import oasis3_splits
+        return oasis3_splits(root, sizes=_split_sizes(ctx), seed=ctx.seed, recipe=recipe)
+
+    return DatasetSpec("oasis3", load, missing_root="this preset needs your OASIS-3 FreeSurfer "
+                       "outputs: --data-root /path/to/oasis3 (see datasets/oasis3.py for the layout)")
+
+
+def folder_dataset() -> DatasetSpec:
+    """Any ``images/`` + ``labels/`` folder with ``--labels-json`` (U-ReSNet §3.5 recipe)."""
+    def load(root, ctx):
+        from regseg.datasets import folder_splits
+        if ctx.args.labels_json is None:
+            raise UsageError("--dataset folder needs --data-root and --labels-json")
+        return folder_splits(root, ctx.args.labels_json, sizes=_split_sizes(ctx), seed=ctx.seed)
+
+    return DatasetSpec("folder", load,
+                       missing_root="--dataset folder needs --data-root and --labels-json")
+
+
+def demo_dataset(recipe=None) -> DatasetSpec:
+    """The offline demo (MNI152 deformed by random fields, built in the cache); reproduces nothing."""
+    def load(root, ctx):
+        from regseg.datasets import demo_splits
+        return demo_splits(cache_dir() / "demo", recipe=recipe)
+
+    return DatasetSpec("demo", load, needs_root=False)
+
+
 def _banner(text: str) -> None:
     line = "!" * 78
     print(f"\n{line}\n{text}\n{line}\n", flush=True)

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 import keras
 from keras import layers
 
@@ -198,3 +200,28 @@ def losses_and_weights(config: UReSNetConfig):
                     warped_seg=SoftDiceLoss(include_background=config.dice_background))
         weights.update(moving_seg=config.w2 * config.gamma, warped_seg=config.w2 * config.delta)
     return loss, weights
+
+
+class UReSNetRegistrar:
+    """``register(moving, fixed)`` of a trained U-ReSNet or registration-only network.
+
+    The registrar protocol of :mod:`regseg.evaluation.pairs`: ``moving`` and ``fixed`` are
+    preprocessed samples on the model's grid; returns numpy arrays without the batch axis:
+    ``grid`` and ``displacement`` ``(X, Y, Z, 3)`` in voxels, ``warped`` ``(X, Y, Z)``, and for
+    U-ReSNet ``moving_seg`` ``(X, Y, Z, n_classes + 1)`` softmax probabilities.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def register(self, moving, fixed):
+        out = self.model({"moving": moving.image[None, ..., None].astype(np.float32),
+                          "reference": fixed.image[None, ..., None].astype(np.float32)},
+                         training=False)
+        out = {k: np.asarray(v)[0] for k, v in out.items()}
+        grid = out["grid"]
+        result = {"grid": grid, "warped": out["deformed"][..., 0],
+                  "displacement": grid - np.indices(grid.shape[:-1]).transpose(1, 2, 3, 0)}
+        if "moving_seg" in out:
+            result["moving_seg"] = out["moving_seg"]
+        return result

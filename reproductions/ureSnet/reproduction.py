@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from regseg.training.runner import (DatasetSpec, KerasMethod, Method, Preset, Reproduction,
-                                    Table, UsageError)
+from regseg.training.runner import (IdentityMethod, KerasMethod, Preset, Reproduction, Table,
+                                    demo_dataset, folder_dataset, ixi10_dataset, oasis3_dataset)
 
 from . import published
 
@@ -43,65 +42,6 @@ PRESETS = {
     "smoke": UReSNetPreset("smoke", "ixi10", 1, 1, pairs_per_epoch=2,
                            description="end-to-end check for the tests: 1 epoch of 2 pairs"),
 }
-
-
-def _load_oasis3(root, ctx):
-    from regseg.datasets import oasis3_splits
-    return oasis3_splits(root, sizes=ctx.preset.split_sizes, seed=ctx.seed)
-
-
-def _load_ixi10(root, ctx):
-    from regseg.datasets import ixi10_splits
-    train, val, test = ctx.preset.split_sizes
-    return ixi10_splits(root, train=train, validation=val, test=test)
-
-
-def _load_folder(root, ctx):
-    from regseg.datasets import folder_splits
-    if ctx.args.labels_json is None:
-        raise UsageError("--dataset folder needs --data-root and --labels-json")
-    return folder_splits(root, ctx.args.labels_json, sizes=ctx.preset.split_sizes, seed=ctx.seed)
-
-
-def _load_demo(root, ctx):
-    from regseg.datasets import demo_splits
-    from regseg.training.runner import cache_dir
-    return demo_splits(cache_dir() / "demo")
-
-
-def _download_ixi10(cache):
-    from regseg.datasets import download_ixi10
-    download_ixi10(cache)
-    return cache
-
-
-class UReSNetRegistrar:
-    """``register(moving, fixed)`` of a trained U-ReSNet or registration-only network."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def register(self, moving, fixed):
-        out = self.model({"moving": moving.image[None, ..., None].astype(np.float32),
-                          "reference": fixed.image[None, ..., None].astype(np.float32)},
-                         training=False)
-        out = {k: np.asarray(v)[0] for k, v in out.items()}
-        grid = out["grid"]
-        result = {"grid": grid, "warped": out["deformed"][..., 0],
-                  "displacement": grid - np.indices(grid.shape[:-1]).transpose(1, 2, 3, 0)}
-        if "moving_seg" in out:
-            result["moving_seg"] = out["moving_seg"]
-        return result
-
-
-class RigidBaseline(Method):
-    """"Rigid": the §3.5 centre-of-mass translation, i.e. the identity after preprocessing."""
-
-    key, label = "rigid", "Rigid"
-
-    def fit(self, ctx, run_dir):
-        from regseg.evaluation.pairs import IdentityRegistrar
-        return IdentityRegistrar()
 
 
 class UReSNetMethod(KerasMethod):
@@ -151,6 +91,7 @@ class UReSNetMethod(KerasMethod):
         return step_decay(ctx.preset.learning_rate, ctx.preset.halve_every)
 
     def registrar(self, predict_model, config):
+        from .model import UReSNetRegistrar
         return UReSNetRegistrar(predict_model)
 
 
@@ -158,19 +99,12 @@ class UReSNet(Reproduction):
     key, module = "ureSnet", "regseg.reproductions.ureSnet.reproduction"
     title = "Table 1 of U-ReSNet (Estienne et al., MICCAI 2019)"
     presets, default_preset = PRESETS, "quick"
-    datasets = {
-        "oasis3": DatasetSpec("oasis3", _load_oasis3,
-                              missing_root="the paper preset needs your OASIS-3 FreeSurfer "
-                                           "outputs: --data-root /path/to/oasis3 (see "
-                                           "datasets/oasis3.py for the layout)"),
-        "ixi10": DatasetSpec("ixi10", _load_ixi10, download=_download_ixi10),
-        "folder": DatasetSpec("folder", _load_folder,
-                              missing_root="--dataset folder needs --data-root and --labels-json"),
-        "demo": DatasetSpec("demo", _load_demo, needs_root=False),
-    }
+    datasets = {"oasis3": oasis3_dataset(), "ixi10": ixi10_dataset(), "folder": folder_dataset(),
+                "demo": demo_dataset()}
 
     def methods(self):
-        return {"rigid": RigidBaseline(),
+        # "Rigid" (Table 1): §3.5's centre-of-mass translation alone = identity after preprocessing
+        return {"rigid": IdentityMethod("rigid", "Rigid"),
                 "registration_only": UReSNetMethod("registration_only", "Christodoulidis et al.",
                                                    False),
                 "ureSnet": UReSNetMethod("ureSnet", "U-ReSNet", True)}
@@ -208,39 +142,20 @@ class UReSNet(Reproduction):
                             f"test {len(s.test)}"}
 
     def report(self, ctx, evaluation):
-        from regseg.evaluation.tables import comparison_table
-        names = list(next(iter(evaluation.dice.values())).columns)
-        complete = names == list(published.STRUCTURES)
-        mean_row = "mean of 15" if complete else f"mean of {len(names)} (no published value)"
-        ours = {}
-        for method, df in evaluation.dice.items():
-            summary = pd.DataFrame({"mean": df.mean(axis=0), "std": df.std(axis=0, ddof=0)})
-            per_pair = df.mean(axis=1)
-            summary.loc[mean_row] = [per_pair.mean(), per_pair.std(ddof=0)]
-            ours[method] = summary
-        pub = {m: dict(published.TABLE1[m]) for m in published.METHODS}
-        if complete:
-            for m in pub:
-                pub[m]["mean of 15"] = (published.mean_row(m), None)
-        rows = [s for s in published.STRUCTURES if s in names] + \
-            [s for s in names if s not in published.STRUCTURES] + [mean_row]
-        if not complete:
-            rows = [s for s in published.STRUCTURES if s not in names] + rows
-        tables = [Table("table1_registration_dice", comparison_table(ours, pub, rows),
+        from regseg.evaluation.tables import structure_table
+        table1 = structure_table(evaluation.dice, published.TABLE1, published.STRUCTURES,
+                                 mean_row="mean", published_mean={
+                                     m: published.mean_row(m) for m in published.METHODS})
+        tables = [Table("table1_registration_dice", table1,
                         f"U-ReSNet Table 1: registration Dice{ctx.title_suffix}",
                         "Dice per structure, mean ± std over test pairs. 'published' = Estienne "
                         "et al. 2019, Table 1 (OASIS-3). 'mean of 15' = mean over structures "
                         "(published value computed from Table 1; the paper prints none).")]
-        seg = evaluation.segmentation.get("U-ReSNet")
-        if seg is not None:
-            classes = list(seg.columns)
-            seg_ours = {"U-ReSNet": pd.DataFrame({"mean": seg.mean(axis=0),
-                                                  "std": seg.std(axis=0, ddof=0)})}
-            seg_rows = list(published.SEGMENTATION) + \
-                [c for c in classes if c not in published.SEGMENTATION]
-            tables.append(Table("segmentation_dice",
-                                comparison_table(seg_ours, {"U-ReSNet": published.SEGMENTATION},
-                                                 seg_rows),
+        if "U-ReSNet" in evaluation.segmentation:
+            seg = structure_table({"U-ReSNet": evaluation.segmentation["U-ReSNet"]},
+                                  {"U-ReSNet": published.SEGMENTATION},
+                                  list(published.SEGMENTATION), mean_row=None)
+            tables.append(Table("segmentation_dice", seg,
                                 f"U-ReSNet §4.1: segmentation Dice{ctx.title_suffix}",
                                 "Dice of the predicted moving segmentation, mean ± std over test "
                                 "pairs; published = §4.1 (OASIS-3)."))
