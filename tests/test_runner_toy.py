@@ -141,7 +141,7 @@ def test_toy_reproduction_runs_end_to_end(toy_run):
     assert "STAND-IN" in (out / "results" / "table1.md").read_text().splitlines()[0]
     assert header["dataset"] == "TOY synthetic boxes" and header["epochs"] == "2"
     run = json.loads((out / "results" / "run.json").read_text())
-    assert run["methods"] == ["identity", "toy"]
+    assert run["methods"] == {"identity": "Initial", "toy": "Toy net"}
     manifest = R.read_run_manifest(out / "run" / "toy")
     assert manifest["reproduction"] == __name__ and manifest["model_config"]["shape"] == [16, 16, 16]
     assert (out / "run" / "toy" / "checkpoints" / "epoch_002.weights.h5").is_file()
@@ -166,3 +166,55 @@ def test_registered_run_loads_through_the_method(toy_run):
     test = ctx.splits.test
     a = registrar.register(test.load(0), test.load(1))["displacement"]
     assert a.shape == (16, 16, 16, 3) and np.isfinite(a).all() and np.abs(a).max() > 0
+
+
+# ------------------------------------------------------------------ data resolution and fallback
+def _resolve(download, tmp_path, monkeypatch, *extra):
+    monkeypatch.delenv("REGSEG_DATA_ROOT", raising=False)
+    monkeypatch.setenv("REGSEG_CACHE", str(tmp_path / "cache"))
+    loaded = []
+
+    class Net(Toy):
+        datasets = {"web": R.DatasetSpec("web", lambda root, ctx: loaded.append(("web", root)) or "W",
+                                         download=download),
+                    "demo": R.DatasetSpec("demo", lambda root, ctx: loaded.append(("demo", root)) or "D",
+                                          needs_root=False)}
+        presets = {"smoke": R.Preset("smoke", "web", 1, 1)}
+
+    repro = Net()
+    args = repro.parser().parse_args(list(extra))
+    ctx = R.RunContext(repro, args, repro.presets["smoke"])
+    R.resolve_data(repro, ctx)
+    return ctx, loaded
+
+
+def test_only_a_failed_download_falls_back_to_the_demo(tmp_path, monkeypatch, capsys):
+    from regseg.datasets.download import DownloadError
+
+    def offline(cache):
+        raise DownloadError("http://127.0.0.1:9/x: download failed: connection refused")
+
+    ctx, loaded = _resolve(offline, tmp_path, monkeypatch)
+    assert ctx.dataset_key == "demo" and loaded == [("demo", None)]
+    assert "REPRODUCES NOTHING" in capsys.readouterr().out
+
+    ctx, loaded = _resolve(lambda cache: cache, tmp_path, monkeypatch)   # download works
+    assert ctx.dataset_key == "web" and loaded == [("web", tmp_path / "cache")]
+
+    ctx, loaded = _resolve(offline, tmp_path, monkeypatch, "--no-download")
+    assert ctx.dataset_key == "demo"
+
+    def buggy(cache):
+        raise KeyError("a bug in the downloader")
+
+    with pytest.raises(KeyError, match="a bug"):                         # a bug is never hidden
+        _resolve(buggy, tmp_path, monkeypatch)
+
+
+def test_a_dataset_that_needs_a_root_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("REGSEG_DATA_ROOT", raising=False)
+    repro = Toy()
+    repro.datasets = {"mine": R.DatasetSpec("mine", lambda r, c: None, missing_root="give --data-root X")}
+    ctx = R.RunContext(repro, repro.parser().parse_args(["--dataset", "mine"]), repro.presets["smoke"])
+    with pytest.raises(R.UsageError, match="give --data-root X"):
+        R.resolve_data(repro, ctx)

@@ -623,7 +623,7 @@ def run(repro: Reproduction, argv=None) -> RunContext:
     repro.figures(ctx, evaluation, results)
     meta = {k: str(v) for k, v in header.items()}
     meta.update(wall_time_seconds=round(wall, 1), preset_settings=asdict(preset),
-                methods=list(registrars))
+                methods={k: repro.methods()[k].label for k in registrars})
     atomic_write_text(results / "run.json", json.dumps(meta, indent=2, default=str) + "\n")
     if tables:
         print("\n" + (results / f"{tables[0].stem}.md").read_text())
