@@ -132,3 +132,130 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
         LookupError: if ``encoding`` is unknown (nothing is written then).
     """
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+class LockedError(FileExistsError):
+    """Another live process holds the lock (the message names it, its pid and host)."""
+
+
+class RunLock:
+    """A lock file (``.regseg.lock``: pid, host, start time) that keeps two live runs apart.
+
+    ``with RunLock(folder): ...`` creates the folder and the lock atomically
+    (``O_CREAT | O_EXCL``). A lock whose process is dead on this host is stale: it is taken over
+    with a warning. A lock held by a live process (or by another host, which cannot be checked)
+    raises :class:`LockedError`.
+    """
+
+    NAME = ".regseg.lock"
+
+    def __init__(self, folder, name: str | None = None):
+        import pathlib
+
+        self.folder = pathlib.Path(folder)
+        self.path = self.folder / (name or self.NAME)
+        self._held = False
+
+    def _holder(self) -> dict:
+        import json
+
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "RunLock":
+        """Take the lock; raises :class:`LockedError` when a live process holds it."""
+        import json
+        import socket
+        import time
+        import warnings
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                pid, host = holder.get("pid"), holder.get("host")
+                if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+                    warnings.warn(f"{self.path}: taking over a stale lock of dead process {pid}",
+                                  stacklevel=2)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if host == me["host"] and pid == me["pid"]:
+                    raise LockedError(f"{self.path}: this process already holds the lock")
+                raise LockedError(f"{self.folder} is in use by another run (pid {pid} on host "
+                                  f"{host}, lock {self.path}); wait for it to finish, or remove "
+                                  f"the lock if that process is gone")
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self._held = True
+            return self
+        raise LockedError(f"{self.path}: could not take the lock")
+
+    def release(self) -> None:
+        """Remove the lock if this object holds it."""
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(folder) -> None:
+    """Create ``folder`` if needed and check a file can be written there.
+
+    Raises:
+        PermissionError / OSError: naming the folder and the problem.
+    """
+    import pathlib
+    import tempfile
+
+    folder = pathlib.Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"{folder}: cannot write here ({exc.strerror or exc})") from exc
+
+
+def replace_folder(new, target, *, keep=()) -> None:
+    """Swap a freshly built folder ``new`` in place of ``target`` (results written as a whole).
+
+    Files of the old ``target`` whose names are in ``keep`` (and that ``new`` does not have)
+    are moved into ``new`` first, so that nothing a user put there is lost; the old folder is
+    then renamed aside, ``new`` renamed onto ``target``, and the old one deleted. No stale file
+    from an earlier run survives.
+    """
+    import pathlib
+    import shutil
+
+    new, target = pathlib.Path(new), pathlib.Path(target)
+    if target.exists():
+        for name in keep:
+            if (target / name).exists() and not (new / name).exists():
+                shutil.move(str(target / name), str(new / name))
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, target)

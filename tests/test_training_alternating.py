@@ -294,7 +294,7 @@ def test_interrupted_alternating_run_resumes_mid_cycle_to_the_same_state(tmp_pat
     resumed = _resume_model()  # fresh state, restored from the backup
     out = fit(resumed, _make_dataset, run, epochs=EPOCHS, steps_per_epoch=STEPS,
               schedule=schedule, verbose=0, resume=True)
-    assert out == {"state": "trained", "epochs_run": 2}
+    assert out == {"state": "trained", "epochs_run": 2, "changes": []}
     assert resumed.step_counts() == full.step_counts()
     for u, v in zip(full.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)

@@ -62,7 +62,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     resumed = _model()  # fresh process-like state: new weights, restored from the backup
     out = fit(resumed, _make_dataset, run, epochs=EPOCHS, steps_per_epoch=STEPS,
               schedule=schedule, verbose=0, resume=True)
-    assert out == {"state": "trained", "epochs_run": 2}
+    assert out == {"state": "trained", "epochs_run": 2, "changes": []}
     for a, b in zip(reference, resumed.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     history = (run / "history.csv").read_text().strip().splitlines()

@@ -115,6 +115,7 @@ class RunContext:
     command: str = ""
     verbose: int = 2
     timings: dict = field(default_factory=dict)
+    changes: dict = field(default_factory=dict)
     start: float = field(default_factory=time.time)
 
     @property
@@ -230,9 +231,13 @@ class KerasMethod(Method):
             train_model, predict_model = self.build(config)
             self.compile(train_model, config, ctx)
         plan = self.training_plan(ctx, config)
-        fit(train_model, plan.make_train, run_dir, epochs=plan.epochs,
-            steps_per_epoch=plan.steps_per_epoch, schedule=plan.schedule,
-            validation_data=plan.validation, resume=ctx.args.resume, verbose=ctx.verbose)
+        result = fit(train_model, plan.make_train, run_dir, epochs=plan.epochs,
+                     steps_per_epoch=plan.steps_per_epoch, schedule=plan.schedule,
+                     validation_data=plan.validation, resume=ctx.args.resume,
+                     verbose=ctx.verbose, settings=run_settings(ctx, self, config, plan),
+                     allow_changes=ctx.args.resume_with_changes)
+        if result["changes"]:
+            ctx.changes[self.key] = result["changes"]
         write_run_manifest(run_dir, ctx, self, config)
         return self.registrar(predict_model, config)
 
@@ -276,6 +281,17 @@ def random_pairs_plan(ctx: RunContext, mapping: Callable, schedule: Callable) ->
                   if len(vpairs) >= replicas else None)
     return TrainingPlan(make_train, per_epoch // preset.batch_size, preset.epochs, schedule,
                         validation)
+
+
+def run_settings(ctx: RunContext, method: Method, config: dict, plan: TrainingPlan) -> dict:
+    """The settings a resumed run must share with the run it continues (``settings.json``)."""
+    preset = {k: v for k, v in asdict(ctx.preset).items() if k != "description"}
+    return {"method": method.key, "model_config": config, "preset": preset, "seed": ctx.seed,
+            "epochs": plan.epochs, "steps_per_epoch": plan.steps_per_epoch,
+            "dataset": ctx.dataset_key, "dataset_name": ctx.dataset_name,
+            "subjects": {"train": ctx.splits.train.subject_ids,
+                         "validation": ctx.splits.validation.subject_ids},
+            "recipe": ctx.splits.recipe.to_dict()}
 
 
 def write_run_manifest(run_dir: Path, ctx: RunContext, method: Method, config: dict) -> Path:
@@ -387,6 +403,10 @@ class Reproduction:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true",
                        help="continue interrupted training in --output-dir (or reuse finished runs)")
+        p.add_argument("--resume-with-changes", action="store_true",
+                       help="with --resume: accept settings other than the run's (recorded in "
+                            "settings.json and in the tables' header); without it --resume "
+                            "refuses them, naming each difference")
         p.add_argument("--methods", default=",".join(trained),
                        help=f"trained methods, comma-separated, among {', '.join(trained)} "
                             f"(the untrained baselines are always evaluated)")
@@ -523,6 +543,8 @@ def _command(repro: Reproduction, argv) -> str:
 
 
 def _check_settings(repro: Reproduction, args, preset: Preset) -> list[str]:
+    if args.resume_with_changes and not args.resume:
+        raise UsageError("--resume-with-changes needs --resume")
     if preset.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {preset.epochs}")
     if preset.batch_size < 1:
@@ -560,7 +582,6 @@ def run(repro: Reproduction, argv=None) -> RunContext:
         return ctx
     wanted = _check_settings(repro, args, preset)
 
-    from regseg.evaluation.tables import atomic_write_csv, atomic_write_text, git_commit, write_result_table
     from regseg.training.distribute import describe as describe_strategy
     from regseg.training.distribute import make_strategy
 
@@ -577,6 +598,22 @@ def run(repro: Reproduction, argv=None) -> RunContext:
           f"strategy: {describe_strategy(ctx.strategy)}\noutput: {ctx.out_dir}\n"
           f"results: {ctx.results_dir}", flush=True)
 
+    from regseg.fileio import RunLock, check_writable
+
+    check_writable(ctx.out_dir)
+    check_writable(ctx.results_dir.parent)
+    with RunLock(ctx.out_dir), RunLock(ctx.results_dir.parent, f".{ctx.results_dir.name}.lock"):
+        return _train_evaluate_report(repro, ctx, wanted)
+
+
+def _train_evaluate_report(repro: Reproduction, ctx: RunContext, wanted: list[str]) -> RunContext:
+    import shutil
+
+    from regseg.evaluation.tables import atomic_write_csv, atomic_write_text, git_commit, write_result_table
+    from regseg.fileio import replace_folder
+    from regseg.training.distribute import describe as describe_strategy
+
+    preset, replicas = ctx.preset, ctx.strategy.num_replicas_in_sync
     registrars = {}
     for key, method in repro.methods().items():
         if method.trained and key not in wanted:
@@ -606,8 +643,12 @@ def run(repro: Reproduction, argv=None) -> RunContext:
         "epochs": preset.epochs,
         **repro.header(ctx, evaluation),
     }
-    results = ctx.results_dir
-    results.mkdir(parents=True, exist_ok=True)
+    if ctx.changes:
+        header["resumed with changes"] = "; ".join(
+            f"{k}: {', '.join(v)}" for k, v in ctx.changes.items())
+    results = ctx.results_dir.with_name(f".{ctx.results_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(results, ignore_errors=True)
+    results.mkdir(parents=True)
     for table in tables:
         write_result_table(table.frame, results, table.stem, header, title=table.title,
                            overwrite=True, notes=table.notes)
@@ -623,12 +664,26 @@ def run(repro: Reproduction, argv=None) -> RunContext:
     repro.figures(ctx, evaluation, results)
     meta = {k: str(v) for k, v in header.items()}
     meta.update(wall_time_seconds=round(wall, 1), preset_settings=asdict(preset),
-                methods={k: repro.methods()[k].label for k in registrars})
+                methods={k: repro.methods()[k].label for k in registrars},
+                files=sorted(p.name for p in results.iterdir()) + ["run.json"])
     atomic_write_text(results / "run.json", json.dumps(meta, indent=2, default=str) + "\n")
+    replace_folder(results, ctx.results_dir, keep=_user_files(ctx.results_dir))
     if tables:
-        print("\n" + (results / f"{tables[0].stem}.md").read_text())
-    print(f"wall time: {wall / 60:.1f} min; results in {results}")
+        print("\n" + (ctx.results_dir / f"{tables[0].stem}.md").read_text())
+    print(f"wall time: {wall / 60:.1f} min; results in {ctx.results_dir}")
     return ctx
+
+
+def _user_files(results_dir: Path) -> list[str]:
+    """Files of an earlier results folder that no run wrote (kept when results are replaced)."""
+    if not results_dir.is_dir():
+        return []
+    try:
+        written = set(json.loads((results_dir / "run.json").read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        written = None  # a folder from before run.json listed its files: keep the READMEs only
+    return [p.name for p in results_dir.iterdir() if not p.name.startswith(".")
+            and ((p.name not in written) if written is not None else p.name == "README.md")]
 
 
 def main(repro: Reproduction, argv=None) -> int:
@@ -638,17 +693,18 @@ def main(repro: Reproduction, argv=None) -> int:
         0 on success; 2 for a usage error or a refused folder; 1 for data errors.
     """
     from regseg.datasets.io import DataError
+    from regseg.training.fit import CheckpointError, SettingsMismatch
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         run(repro, argv)
         return 0
-    except (UsageError, FileExistsError) as exc:
+    except (UsageError, FileExistsError, SettingsMismatch) as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, FileNotFoundError, CheckpointError) as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
