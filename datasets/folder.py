@@ -36,11 +36,13 @@ def _stem(name: str) -> str:
 def folder_subjects(root: str | os.PathLike) -> list[Subject]:
     """Subjects of ``<root>/images/*.nii[.gz]`` with labels ``<root>/labels/<same file name>``.
 
-    Subject id = file name without ``.nii``/``.nii.gz``. Label files without an image are ignored.
+    Subject id = file name without ``.nii``/``.nii.gz``.
 
     Raises:
         FileNotFoundError: ``<root>/images`` or ``<root>/labels`` is missing, or no image found.
-        DataError: an image has no label file (message names the image and the expected label path).
+        DataError: an image has no label file (message names the image and the expected label
+            path), a label file has no image, or two files give the same subject id (e.g.
+            ``X.nii`` beside ``X.nii.gz``; both named).
     """
     root = Path(root)
     images_dir, labels_dir = root / "images", root / "labels"
@@ -52,6 +54,15 @@ def folder_subjects(root: str | os.PathLike) -> list[Subject]:
                     if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")))
     if not images:
         raise FileNotFoundError(f"{images_dir}: no .nii or .nii.gz image found")
+    for folder, files in ((images_dir, images), (labels_dir, sorted(
+            p for p in labels_dir.iterdir()
+            if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))))):
+        seen: dict[str, Path] = {}
+        for f in files:
+            if _stem(f.name) in seen:
+                raise DataError(f"{seen[_stem(f.name)]} and {f}: two files for subject "
+                                f"{_stem(f.name)!r}; keep one")
+            seen[_stem(f.name)] = f
     subjects = []
     for image in images:
         label = labels_dir / image.name
@@ -59,6 +70,12 @@ def folder_subjects(root: str | os.PathLike) -> list[Subject]:
             raise DataError(f"{image}: no label map; expected {label}")
         subjects.append(Subject(_stem(image.name), str(image),
                                 str(label)))
+    image_names = {p.name for p in images}
+    for label in sorted(labels_dir.iterdir()):
+        if label.is_file() and label.name.lower().endswith((".nii", ".nii.gz")) \
+                and label.name not in image_names:
+            raise DataError(f"{label}: label map without an image; expected "
+                            f"{images_dir / label.name}")
     return subjects
 
 

@@ -81,7 +81,9 @@ def load_volume(path: str | os.PathLike, *, label: bool = False) -> Volume:
     preprocessing that follows is U-ReSNet §3.5 (Estienne et al., MICCAI 2019).
 
     Args:
-        path: a ``.nii``, ``.nii.gz``, ``.mgz`` or ``.mgh`` file (anything nibabel reads).
+        path: a ``.nii``, ``.nii.gz``, ``.mgz`` or ``.mgh`` file (anything nibabel reads), or
+            an ITK ``.mhd`` / ``.mha`` / ``.nrrd`` file (read with SimpleITK, LPS -> RAS; e.g.
+            LUNA16 scans, :mod:`regseg.datasets.itk_io`).
         label: ``True`` for a label (segmentation) map: values must be whole numbers and not all
             zero; the result is int32. ``False`` for an intensity image; the result is float32.
 
@@ -97,11 +99,15 @@ def load_volume(path: str | os.PathLike, *, label: bool = False) -> Volume:
             singleton axes; it contains NaN or infinite values; for ``label=True`` it contains
             non-integer values, values outside the int32 range, or no non-zero voxel at all.
     """
+    from .itk_io import is_itk_path, read_itk_image
+
     path_str = str(path)
     if not os.path.isfile(path_str):
         raise DataError(f"{path_str}: file not found")
     try:
-        img = nib.load(path_str)
+        img = read_itk_image(path_str) if is_itk_path(path_str) else nib.load(path_str)
+    except DataError:
+        raise
     except Exception as exc:  # ImageFileError, gzip.BadGzipFile, EOFError, OSError ...
         raise DataError(f"{path_str}: not a readable NIfTI/MGH image (corrupt file or unknown "
                         f"format): {type(exc).__name__}: {exc}") from exc
@@ -112,6 +118,7 @@ def load_volume(path: str | os.PathLike, *, label: bool = False) -> Volume:
     if data.ndim != 3:
         raise DataError(f"{path_str}: expected a 3-D volume, got an array of shape "
                         f"{tuple(img.shape)}")
+    check_geometry(img.affine, path_str)
     finite = np.isfinite(data)
     if not finite.all():
         n_bad = int(data.size - np.count_nonzero(finite))
@@ -135,6 +142,33 @@ def load_volume(path: str | os.PathLike, *, label: bool = False) -> Volume:
     canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
     out = np.ascontiguousarray(np.asanyarray(canonical.dataobj)).astype(data.dtype, copy=False)
     return Volume(data=out, affine=np.array(canonical.affine, dtype=np.float64), path=path_str)
+
+
+#: Accepted voxel sizes in mm (min, max); anything else is refused as a likely header error.
+#: Widen it with the runners' ``--spacing-range LO HI`` (or by assigning this name).
+SPACING_RANGE_MM: tuple[float, float] = (0.1, 10.0)
+
+
+def check_geometry(affine, path: str) -> None:
+    """Refuse a singular (non-invertible) affine or a voxel size outside :data:`SPACING_RANGE_MM`.
+
+    Args:
+        affine: ``(4, 4)`` voxel -> world (mm) matrix.
+        path: the file, for the message.
+    Raises:
+        DataError: naming the file and the problem.
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise DataError(f"{path}: invalid affine (shape {a.shape} or non-finite values)")
+    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise DataError(f"{path}: singular affine (voxel axes are not independent); the "
+                        f"header's geometry is broken")
+    spacing = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+    lo, hi = SPACING_RANGE_MM
+    if spacing.min() < lo or spacing.max() > hi:
+        raise DataError(f"{path}: voxel size {np.round(spacing, 4).tolist()} mm is outside "
+                        f"{lo}-{hi} mm (a header error?); pass --spacing-range to accept it")
 
 
 def check_same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> None:

@@ -250,13 +250,16 @@ class SubjectDataset:
         subjects: the subjects.
         recipe: the preprocessing :class:`~regseg.datasets.recipes.Recipe`.
         cache: keep each loaded :class:`Sample` in memory (shared with :meth:`subset` datasets).
+        disk_cache: a :class:`~regseg.datasets.cache.PreprocessingCache` (or its folder) keeping
+            preprocessed samples on disk, keyed by file checksums and the recipe.
 
     Raises:
         ValueError: duplicate subject ids (named).
     """
 
     def __init__(self, name: str, is_paper_dataset: bool, subjects: Sequence[Subject],
-                 recipe: Recipe, cache: bool = False, *, _cache_store: dict | None = None):
+                 recipe: Recipe, cache: bool = False, *, disk_cache=None,
+                 _cache_store: dict | None = None):
         ids = [s.subject_id for s in subjects]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -269,6 +272,16 @@ class SubjectDataset:
         self.recipe = recipe
         self.cache = bool(cache)
         self._cache: dict[str, Sample] = {} if _cache_store is None else _cache_store
+        self.disk_cache = None
+        if disk_cache is not None:
+            self.use_disk_cache(disk_cache)
+
+    def use_disk_cache(self, cache) -> "SubjectDataset":
+        """Keep preprocessed samples on disk (a folder or a ``PreprocessingCache``); returns self."""
+        from .cache import PreprocessingCache
+
+        self.disk_cache = cache if isinstance(cache, PreprocessingCache) else PreprocessingCache(cache)
+        return self
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -307,11 +320,12 @@ class SubjectDataset:
         """A dataset with the subjects at ``indices`` (same recipe, shared in-memory cache)."""
         return SubjectDataset(self.name, self.is_paper_dataset,
                               [self.subjects[int(i)] for i in indices], self.recipe, self.cache,
-                              _cache_store=self._cache)
+                              disk_cache=self.disk_cache, _cache_store=self._cache)
 
     def with_recipe(self, recipe: Recipe) -> "SubjectDataset":
         """The same subjects under another recipe (its own cache)."""
-        return SubjectDataset(self.name, self.is_paper_dataset, self.subjects, recipe, self.cache)
+        return SubjectDataset(self.name, self.is_paper_dataset, self.subjects, recipe, self.cache,
+                              disk_cache=self.disk_cache)
 
     def load(self, i: int) -> Sample:
         """Read subject ``i`` (:func:`read_subject`) and apply the recipe.
@@ -325,7 +339,16 @@ class SubjectDataset:
         subject = self.subjects[i]
         if self.cache and subject.subject_id in self._cache:
             return self._cache[subject.subject_id]
-        sample = self.recipe(read_subject(subject))
+        sample = self.disk_cache.get(subject, self.recipe) if self.disk_cache else None
+        if sample is None:
+            sample = self.recipe(read_subject(subject))
+            if self.disk_cache is not None:
+                try:
+                    self.disk_cache.put(subject, self.recipe, sample)
+                except OSError as exc:  # a full or read-only cache never stops a run
+                    import warnings
+                    warnings.warn(f"{self.disk_cache.folder}: cannot write the preprocessing "
+                                  f"cache ({exc})", stacklevel=2)
         if self.cache:
             self._cache[subject.subject_id] = sample
         return sample
@@ -353,6 +376,32 @@ class Splits:
     def recipe(self) -> Recipe:
         """The preprocessing recipe (the training split's)."""
         return self.train.recipe
+
+    def use_disk_cache(self, cache) -> "Splits":
+        """:meth:`SubjectDataset.use_disk_cache` for every split (one cache); returns self."""
+        from .cache import PreprocessingCache
+
+        cache = cache if isinstance(cache, PreprocessingCache) else PreprocessingCache(cache)
+        for part in (self.train, self.validation, self.test):
+            part.use_disk_cache(cache)
+        return self
+
+    def validate(self, progress=None) -> int:
+        """Load (and so check and cache) every subject of every split once.
+
+        Args:
+            progress: optional ``f(done, total, subject_id)`` called after each subject.
+        Returns:
+            the number of subjects checked.
+        Raises:
+            DataError: the first subject that cannot be read or preprocessed (named).
+        """
+        parts = [(p, i) for p in (self.train, self.validation, self.test) for i in range(len(p))]
+        for k, (part, i) in enumerate(parts):
+            part.load(i)
+            if progress is not None:
+                progress(k + 1, len(parts), part.subjects[i].subject_id)
+        return len(parts)
 
 
 def _proportional_targets(sizes: Sequence[int], n: int) -> list[int]:

@@ -24,44 +24,56 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ._checks import check_option
+from ._checks import check_batch, check_option, check_rank, float_input
 
 _CENTRES = ("corner", "centre")
 
 
-def affine_matrix(parameters, ndim):
+def affine_matrix(parameters, ndim, where="affine_matrix"):
     """Return ``A = I + reshape(parameters, (ndim, ndim + 1))``.
 
     Args:
         parameters: ``(batch, ndim * (ndim + 1))`` (12 in 3-D, 6 in 2-D),
-            row-major; translations (last column) in voxels.
+            row-major; translations (last column) in voxels.  Integer and bool parameters are
+            cast to float32.
     Returns:
         ``(batch, ndim, ndim + 1)`` tensor.
     Raises:
-        ValueError: wrong number of parameters.
+        ValueError: parameters that are not ``(batch, ndim * (ndim + 1))`` (the message names
+            ``where`` and the shape), or a non-numeric dtype.
     """
     expected = ndim * (ndim + 1)
+    check_rank(where, "the affine parameters", parameters,
+               f"(batch, {expected}) for a {ndim}-D affine", lambda r: r == 2)
     if parameters.shape[-1] is not None and parameters.shape[-1] != expected:
         raise ValueError(
-            f"an affine in {ndim}-D needs {expected} parameters, got {parameters.shape[-1]}")
+            f"{where}: an affine in {ndim}-D needs {expected} parameters, got parameters of shape "
+            f"{tuple(parameters.shape)}")
+    parameters = float_input(where, "the affine parameters", parameters)
     eye = ops.eye(ndim, ndim + 1, dtype=parameters.dtype)
     return ops.reshape(parameters, (-1, ndim, ndim + 1)) + eye[None]
 
 
-def apply_affine_to_grid(parameters, grid, centre="corner"):
+def apply_affine_to_grid(parameters, grid, centre="corner", where="apply_affine_to_grid"):
     """Compose an affine with a dense sampling grid: ``grid' = A . [grid; 1]``.
 
     Args:
         parameters: ``(batch, ndim * (ndim + 1))`` affine parameters Delta,
             ``A = I + Delta`` (see :func:`affine_matrix`).
-        grid: ``(batch, *spatial, ndim)`` sampling grid, voxels.
+        grid: ``(batch, *spatial, ndim)`` sampling grid, voxels, the same batch size as
+            ``parameters``.  Integer and bool grids are cast to float32.
         centre: ``"corner"`` (default, released code) or ``"centre"``.
+        where: the name that starts error messages (the calling layer's).
     Returns:
         ``(batch, *spatial, ndim)`` sampling grid, voxels.
     Raises:
         ValueError: unknown ``centre`` (the message names the option and its
-            allowed values), wrong parameter count, or ``centre="centre"``
-            with a dynamic spatial shape.
+            allowed values); naming ``where`` and the shapes: a grid that is not
+            ``(batch, *spatial, ndim)`` (e.g. unbatched, or a last axis other than its number
+            of spatial axes), a wrong parameter count or rank, different batch sizes,
+            a non-numeric dtype, or ``centre="centre"`` with a dynamic spatial shape.
+        tf.errors.InvalidArgumentError: batch sizes known only when a TensorFlow graph runs
+            that differ (see ``layers/_checks.py``).
 
     Source: Estienne et al. 2019, §3.1, eq. 1 (``Phi x A``).
 
@@ -70,15 +82,28 @@ def apply_affine_to_grid(parameters, grid, centre="corner"):
     [2.0, 0.0]
     """
     check_option("centre", centre, _CENTRES)
-    ndim = grid.shape[-1]
-    matrix = affine_matrix(ops.cast(parameters, grid.dtype), ndim)
+    check_rank(where, "the grid", grid, "(batch, *spatial, ndim)", lambda r: r >= 3)
+    ndim, spatial_rank = grid.shape[-1], len(grid.shape) - 2
+    if ndim is None:
+        raise ValueError(f"{where}: the grid's last axis (ndim) must be static, got shape "
+                         f"{tuple(grid.shape)}")
+    if ndim != spatial_rank:
+        hint = ("; an unbatched grid? add a batch axis (grid[None])"
+                if ndim == spatial_rank + 1 else "")
+        raise ValueError(f"{where}: the grid must be (batch, *spatial, ndim) with ndim its number "
+                         f"of spatial axes; shape {tuple(grid.shape)} has {ndim} components for "
+                         f"{spatial_rank} spatial axes{hint}")
+    grid = float_input(where, "the grid", grid)
+    parameters = ops.cast(float_input(where, "the affine parameters", parameters), grid.dtype)
+    matrix = affine_matrix(parameters, ndim, where)
+    grid, _ = check_batch(where, grid=grid, parameters=parameters)
     linear = matrix[:, :, :ndim]  # (B, n, n)
     translation = matrix[:, :, ndim]  # (B, n)
-    spatial_rank = len(grid.shape) - 2
     if centre == "centre":
         spatial = grid.shape[1:-1]
         if any(s is None for s in spatial):
-            raise ValueError("centre='centre' needs a static spatial shape")
+            raise ValueError(f"{where}: centre='centre' needs a static spatial shape, got grid "
+                             f"shape {tuple(grid.shape)}")
         c = ops.convert_to_tensor([(s - 1) / 2.0 for s in spatial], dtype=grid.dtype)
         grid = grid - c
         translation = translation + c[None]
@@ -99,7 +124,8 @@ class AffineComposition(keras.layers.Layer):
         centre: ``"corner"`` (default) or ``"centre"``; see module docstring.
     Raises:
         ValueError: unknown ``centre`` (at construction; names the option and
-            its allowed values) or wrong parameter count (at call).
+            its allowed values); at call, naming the layer and the shapes, the input errors of
+            :func:`apply_affine_to_grid` (unbatched grid, parameter count, batch sizes, dtype).
 
     >>> float(AffineComposition()([np.zeros((1, 6)), np.ones((1, 3, 4, 2))])[0, 0, 0, 0])
     1.0
@@ -112,7 +138,8 @@ class AffineComposition(keras.layers.Layer):
 
     def call(self, inputs):
         parameters, grid = inputs
-        return apply_affine_to_grid(parameters, grid, self.centre)
+        return apply_affine_to_grid(parameters, grid, self.centre,
+                                    where=f"AffineComposition {self.name!r}")
 
     def compute_output_shape(self, input_shape):
         return input_shape[1]

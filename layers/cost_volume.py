@@ -17,27 +17,50 @@ import itertools
 import keras
 from keras import ops
 
+from ._checks import check_batch, check_rank, float_input
 
-def cost_volume(fixed, moving, search_range=2):
+
+def cost_volume(fixed, moving, search_range=2, where="cost_volume"):
     """Correlate ``fixed`` with shifted ``moving`` features.
 
     Args:
-        fixed, moving: ``(batch, *spatial, channels)`` feature maps (2-D or 3-D).
+        fixed, moving: ``(batch, *spatial, channels)`` feature maps (2-D or 3-D), the same
+            shape (dimensions known only at run time are not compared) and dtype.  Integer and
+            bool features are cast to float32.
         search_range: d >= 0, in voxels.
+        where: the name that starts error messages (the calling layer's).
     Returns:
         ``(batch, *spatial, (2d+1)**ndim)``; channel ``k`` corresponds to the
         k-th offset of ``itertools.product(range(-d, d+1), repeat=ndim)``
         (last axis fastest).
     Raises:
-        ValueError: negative search range or mismatched shapes.
+        ValueError: negative search range; naming ``where`` and both shapes: feature maps that
+            are not ``(batch, *spatial, channels)``, of different ranks, shapes or batch sizes,
+            of different float dtypes, or non-numeric.
+        tf.errors.InvalidArgumentError: batch sizes known only when a TensorFlow graph runs
+            that differ (see ``layers/_checks.py``).
     """
     if search_range < 0:
-        raise ValueError(f"search_range must be >= 0, got {search_range}")
-    if tuple(fixed.shape[1:]) != tuple(moving.shape[1:]):
-        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} differ")
-    ndim = len(fixed.shape) - 2
+        raise ValueError(f"{where}: search_range must be >= 0, got {search_range}")
+    for name, x in (("fixed", fixed), ("moving", moving)):
+        check_rank(where, f"the {name} features", x, "(batch, *spatial, channels)",
+                   lambda r: r >= 3)
+    a, b = tuple(fixed.shape), tuple(moving.shape)
+    if len(a) != len(b) or any(x is not None and y is not None and x != y
+                               for x, y in zip(a, b)):
+        what = "batch sizes (axis 0)" if len(a) == len(b) and a[1:] == b[1:] else "shapes"
+        raise ValueError(f"{where}: the {what} differ: fixed {a}, moving {b}")
+    fixed = float_input(where, "the fixed features", fixed)
+    moving = float_input(where, "the moving features", moving)
+    dtypes = [keras.backend.standardize_dtype(x.dtype) for x in (fixed, moving)]
+    if dtypes[0] != dtypes[1]:
+        raise ValueError(f"{where}: fixed ({dtypes[0]}) and moving ({dtypes[1]}) features have "
+                         f"different dtypes (shapes {a}, {b})")
+    fixed, moving = check_batch(where, fixed=fixed, moving=moving)
+    ndim = len(a) - 2
     d = int(search_range)
-    spatial = fixed.shape[1:-1]
+    dynamic = ops.shape(fixed)
+    spatial = [s if s is not None else dynamic[1 + i] for i, s in enumerate(a[1:-1])]
     pad = [[0, 0]] + [[d, d]] * ndim + [[0, 0]]
     padded = ops.pad(moving, pad)
     outputs = []
@@ -63,7 +86,7 @@ class CostVolume(keras.layers.Layer):
 
     def call(self, inputs):
         fixed, moving = inputs
-        return cost_volume(fixed, moving, self.search_range)
+        return cost_volume(fixed, moving, self.search_range, where=f"CostVolume {self.name!r}")
 
     def compute_output_shape(self, input_shape):
         shape = input_shape[0]

@@ -27,12 +27,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ._checks import check_option
+from ._checks import check_option, check_rank, float_input
 
 _ORIGINS = ("zero", "one")
 
 
-def cumulative_sum_grid(gradients, origin="zero"):
+def cumulative_sum_grid(gradients, origin="zero", where="cumulative_sum_grid"):
     """Integrate per-axis spatial gradients into a sampling grid.
 
     Args:
@@ -44,9 +44,13 @@ def cumulative_sum_grid(gradients, origin="zero"):
             U-ReSNet code: identity ``1..N``).
     Returns:
         Sampling grid ``(batch, *spatial, ndim)`` in voxels.
+        where: the name that starts error messages (the calling layer's).
     Raises:
         ValueError: unknown ``origin`` (the message names the option and its
-            allowed values) or ``ndim`` not matching the tensor rank.
+            allowed values); naming ``where`` and the shape: gradients that are not
+            ``(batch, *spatial, ndim)`` (e.g. unbatched: a last axis other than the number of
+            spatial axes) or of a non-numeric dtype.  Integer and bool gradients are cast to
+            float32.
 
     Source: Christodoulidis et al. 2018; Estienne et al. 2019, §3.1.
 
@@ -54,11 +58,16 @@ def cumulative_sum_grid(gradients, origin="zero"):
     [0.0, 1.0, 2.0]
     """
     check_option("origin", origin, _ORIGINS)
+    check_rank(where, "the gradients", gradients, "(batch, *spatial, ndim)", lambda r: r >= 3)
     ndim = len(gradients.shape) - 2
-    if gradients.shape[-1] is not None and gradients.shape[-1] != ndim:
+    if gradients.shape[-1] != ndim:
+        hint = ("; unbatched gradients? add a batch axis (gradients[None])"
+                if gradients.shape[-1] == ndim + 1 else "")
         raise ValueError(
-            f"gradients have {gradients.shape[-1]} components for {ndim} spatial axes "
-            f"(shape {tuple(gradients.shape)})")
+            f"{where}: the gradients must be (batch, *spatial, ndim) with ndim their number of "
+            f"spatial axes; shape {tuple(gradients.shape)} has {gradients.shape[-1]} components "
+            f"for {ndim} spatial axes{hint}")
+    gradients = float_input(where, "the gradients", gradients)
     parts = [ops.cumsum(gradients[..., i], axis=1 + i) for i in range(ndim)]
     grid = ops.stack(parts, axis=-1)
     if origin == "zero":
@@ -77,7 +86,7 @@ class PositiveGradients(keras.layers.Layer):
     """
 
     def call(self, x):
-        return 2.0 * ops.sigmoid(x)
+        return 2.0 * ops.sigmoid(float_input(f"PositiveGradients {self.name!r}", "the input", x))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -97,7 +106,8 @@ class CumulativeSumGrid(keras.layers.Layer):
         origin: ``"zero"`` (default, paper-correct) or ``"one"`` (released
             U-ReSNet code, a one-voxel shift; see module docstring).
     Raises:
-        ValueError: unknown ``origin`` (names the option and its allowed values).
+        ValueError: unknown ``origin`` (names the option and its allowed values); at call,
+            the input errors of :func:`cumulative_sum_grid`, naming the layer.
 
     Source: Christodoulidis et al. 2018; Estienne et al. 2019, §3.1.
 
@@ -112,7 +122,7 @@ class CumulativeSumGrid(keras.layers.Layer):
         self.origin = origin
 
     def call(self, gradients):
-        return cumulative_sum_grid(gradients, self.origin)
+        return cumulative_sum_grid(gradients, self.origin, where=f"CumulativeSumGrid {self.name!r}")
 
     def compute_output_shape(self, input_shape):
         return input_shape

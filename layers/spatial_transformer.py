@@ -26,7 +26,7 @@ import itertools
 import keras
 from keras import ops
 
-from ._checks import check_option
+from ._checks import check_batch, check_finite as _check_finite, check_option, float_input
 
 _INTERPOLATIONS = ("linear", "nearest")
 _PADDINGS = ("border", "zeros")
@@ -50,13 +50,57 @@ def identity_grid(spatial_shape, dtype="float32"):
     return ops.stack(mesh, axis=-1)
 
 
-def warp(image, grid, *, interpolation="linear", padding="border"):
+def check_warp_shapes(where, image_shape, grid_shape, grid_name="grid"):
+    """Static shape rules of :func:`warp` (``None`` entries are unknown and pass).
+
+    * the image is batched and channels-last, ``(batch, *spatial, channels)``: rank >= 3;
+    * the grid (or displacement) is ``(batch, *spatial_out, ndim)`` with ``ndim`` the image's
+      number of spatial dimensions: the same rank as the image, last axis ``ndim``;
+    * known batch sizes are equal.
+
+    Raises:
+        ValueError: starting with ``where``, naming the rule and both shapes.
+    """
+    image_shape, grid_shape = tuple(image_shape), tuple(grid_shape)
+    shapes = f"image shape {image_shape}, {grid_name} shape {grid_shape}"
+    if len(image_shape) < 3:
+        raise ValueError(f"{where}: the image must be batched and channels-last, "
+                         f"(batch, *spatial, channels), got {shapes}")
+    ndim = len(image_shape) - 2
+    if len(grid_shape) != len(image_shape):
+        hint = (f"; an unbatched {grid_name}? add a batch axis ({grid_name}[None])"
+                if len(grid_shape) == len(image_shape) - 1 else "")
+        raise ValueError(f"{where}: the {grid_name} must be (batch, *spatial_out, {ndim}) for an "
+                         f"image with {ndim} spatial dimensions (rank {len(image_shape)}), got "
+                         f"rank {len(grid_shape)}: {shapes}{hint}")
+    if grid_shape[-1] is not None and grid_shape[-1] != ndim:
+        raise ValueError(f"{where}: the {grid_name} has {grid_shape[-1]} components (last axis) "
+                         f"but the image has {ndim} spatial dimensions: {shapes}")
+    if None not in (image_shape[0], grid_shape[0]) and image_shape[0] != grid_shape[0]:
+        raise ValueError(f"{where}: the batch sizes (axis 0) differ: {shapes}")
+
+
+def _prepare(where, image, grid, grid_name, check_finite):
+    """Checks and dtype rule shared by :func:`warp` and :class:`SpatialTransformer`."""
+    check_warp_shapes(where, image.shape, grid.shape, grid_name)
+    image = float_input(where, "image", image)
+    grid = float_input(where, grid_name, grid)
+    image, grid = check_batch(where, image=image, **{grid_name: grid})
+    if check_finite:
+        grid = _check_finite(where, grid_name, grid)
+    return image, grid
+
+
+def warp(image, grid, *, interpolation="linear", padding="border", check_finite=False):
     """Sample ``image`` at the voxel coordinates ``grid`` (batched, any ndim).
 
     Args:
-        image: ``(batch, *spatial_in, channels)`` float tensor.
+        image: ``(batch, *spatial_in, channels)`` tensor.  Float images keep their dtype;
+            integer and bool images are cast to float32 first (so a label map comes back as
+            float32: warp one-hot labels linearly, or label ids with ``"nearest"`` and cast back).
+            Other dtypes raise.
         grid: ``(batch, *spatial_out, ndim)`` sampling coordinates in voxels of
-            ``image`` (0-based, component i along spatial axis i).
+            ``image`` (0-based, component i along spatial axis i); same batch size as ``image``.
         interpolation: ``"linear"`` (bi/trilinear; differentiable w.r.t. image
             and grid) or ``"nearest"`` (rounds half up, ``floor(x + 0.5)``; not
             differentiable w.r.t. the grid).
@@ -66,12 +110,25 @@ def warp(image, grid, *, interpolation="linear", padding="border"):
             treats voxels outside the volume as 0 and interpolates towards them
             (equals ``map_coordinates(mode="grid-constant", cval=0)``, and
             PyTorch ``grid_sample(padding_mode="zeros", align_corners=True)``).
+        check_finite: raise if ``grid`` holds NaN or ±Inf (see below).  Off by default.
     Returns:
-        ``(batch, *spatial_out, channels)`` tensor, dtype of ``image``.
+        ``(batch, *spatial_out, channels)`` tensor, dtype of ``image`` (float32 for integer or
+        bool images).
     Raises:
-        ValueError: unknown ``interpolation`` or ``padding`` (the message names
-            the option and its allowed values), or ``grid``'s last axis differs
-            from the image's number of spatial dimensions.
+        ValueError: unknown ``interpolation`` or ``padding`` (the message names the option and
+            its allowed values); and, naming ``warp`` and both shapes: an image that is not
+            ``(batch, *spatial, channels)``, a grid of another rank (e.g. unbatched), a grid whose
+            last axis is not the image's number of spatial dimensions, different batch sizes, a
+            non-numeric dtype; with ``check_finite``, a grid holding NaN or ±Inf.
+        tf.errors.InvalidArgumentError: on the TensorFlow backend, inside a graph
+            (``tf.function``, ``Model.fit``), the same batch and ``check_finite`` rules when the
+            batch size or the values are only known at run time (see ``layers/_checks.py``).
+
+    Non-finite coordinates (``check_finite=False``): a NaN coordinate gives NaN at that output
+    voxel (every interpolation and padding); ±Inf is a coordinate far outside the volume (the
+    edge value with ``"border"``, 0 with ``"zeros"``).  ``check_finite=True`` raises instead:
+    ``ValueError`` for concrete values, a graph assertion inside ``tf.function`` (dropped by XLA,
+    ``jit_compile=True``, with a warning), no check on symbolic Keras tensors.
 
     Source: the sampler W(M, Phi) of Estienne et al. 2019, eq. 1 ("backward
     trilinear interpolation sampling"); Gunnarsson et al. 2020, module W.
@@ -82,12 +139,13 @@ def warp(image, grid, *, interpolation="linear", padding="border"):
     """
     check_option("interpolation", interpolation, _INTERPOLATIONS)
     check_option("padding", padding, _PADDINGS)
-    ndim = len(image.shape) - 2
-    if grid.shape[-1] is not None and grid.shape[-1] != ndim:
-        raise ValueError(
-            f"grid has {grid.shape[-1]} components but the image has {ndim} spatial "
-            f"dimensions (image shape {tuple(image.shape)}, grid shape {tuple(grid.shape)})")
+    image, grid = _prepare("warp", image, grid, "grid", check_finite)
+    return _sample(image, grid, interpolation, padding)
 
+
+def _sample(image, grid, interpolation, padding):
+    """The sampling of :func:`warp`, on checked inputs."""
+    ndim = len(image.shape) - 2
     grid = ops.cast(grid, image.dtype)
     in_shape = ops.shape(image)
     batch = in_shape[0]
@@ -113,17 +171,23 @@ def warp(image, grid, *, interpolation="linear", padding="border"):
     if interpolation == "nearest":
         index = 0
         inside = None
+        probe = None
         for i in range(ndim):
             c = coords[i]
             r = ops.floor(c + 0.5)
             if padding == "zeros":
                 ok = ops.logical_and(r >= 0, r <= maxes[i])
                 inside = ok if inside is None else ops.logical_and(inside, ok)
-            r = ops.clip(r, 0, maxes[i])
-            index = index + ops.cast(r, "int32") * strides[i]
+            r = ops.clip(r, 0, maxes[i])  # finite, or NaN for a NaN coordinate
+            probe = r if probe is None else probe + r
+            # the cast of NaN to int32 is undefined: clip again as integers, so that the gather
+            # stays inside the volume (the voxel is made NaN below)
+            hi = ops.cast(maxes[i], "int32")
+            index = index + ops.clip(ops.cast(r, "int32"), 0, hi) * strides[i]
         out = _gather(index)
         if padding == "zeros":
             out = out * ops.cast(inside, image.dtype)[..., None]
+        out = out + (probe * 0.0)[..., None]  # + 0, or NaN where a coordinate is NaN
         return ops.reshape(out, (batch, *out_spatial, channels))
 
     lows, fracs, valid = [], [], []
@@ -131,6 +195,10 @@ def warp(image, grid, *, interpolation="linear", padding="border"):
         c = coords[i]
         if padding == "border":
             c = ops.clip(c, 0, maxes[i])
+        else:
+            # beyond one voxel outside, every corner is outside: the same zero output, and ±Inf
+            # (or a huge value) then gives 0, not inf - inf = NaN nor an int32 overflow
+            c = ops.clip(c, -1, maxes[i] + 1)
         low = ops.floor(c)
         frac = c - low
         low_i = ops.cast(low, "int32")
@@ -177,6 +245,11 @@ class SpatialTransformer(keras.layers.Layer):
         padding: ``"border"`` (default; clamp, as the papers' released code)
             or ``"zeros"``.
         field: ``"sampling_grid"`` (default) or ``"displacement"``.
+        check_finite: raise when the field holds NaN or ±Inf (default False; see :func:`warp`
+            for the checks and for what non-finite values give without it).
+
+    Inputs follow :func:`warp`'s rules: integer and bool images are cast to float32; shapes are
+    checked at call time (and by ``compute_output_shape`` while a model is built).
 
     Source: U-ReSNet (Estienne et al. 2019) eq. 1 and eq. 3 (W(M, D));
     Jaderberg et al. 2015.
@@ -184,15 +257,19 @@ class SpatialTransformer(keras.layers.Layer):
     Raises:
         ValueError: unknown ``interpolation``, ``padding`` or ``field`` (at
             construction; the message names the option and its allowed
-            values), mismatched ``ndim``, or ``field="displacement"`` with a
-            dynamic spatial shape (at call).
+            values); at call, naming the layer and the shapes: an image that is not
+            ``(batch, *spatial, channels)``, a field of another rank (e.g. unbatched) or whose
+            last axis is not the image's number of spatial dimensions, different batch sizes,
+            a non-numeric dtype, ``field="displacement"`` with a dynamic spatial shape, and with
+            ``check_finite`` a field holding NaN or ±Inf.
 
     >>> image, disp = np.ones((1, 4, 4, 1), "float32"), np.zeros((1, 4, 4, 2), "float32")
     >>> tuple(SpatialTransformer(field="displacement")([image, disp]).shape)
     (1, 4, 4, 1)
     """
 
-    def __init__(self, interpolation="linear", padding="border", field="sampling_grid", **kwargs):
+    def __init__(self, interpolation="linear", padding="border", field="sampling_grid",
+                 check_finite=False, **kwargs):
         super().__init__(**kwargs)
         check_option("interpolation", interpolation, _INTERPOLATIONS)
         check_option("padding", padding, _PADDINGS)
@@ -200,21 +277,31 @@ class SpatialTransformer(keras.layers.Layer):
         self.interpolation = interpolation
         self.padding = padding
         self.field = field
+        self.check_finite = bool(check_finite)
+
+    def _where(self):
+        return f"SpatialTransformer {self.name!r}"
 
     def call(self, inputs):
         image, field = inputs
+        name = "displacement" if self.field == "displacement" else "grid"
+        image, field = _prepare(self._where(), image, field, name, self.check_finite)
         if self.field == "displacement":
             spatial = field.shape[1:-1]
             if any(s is None for s in spatial):
-                raise ValueError("field='displacement' needs a static spatial shape")
+                raise ValueError(f"{self._where()}: field='displacement' needs a static spatial "
+                                 f"shape, got displacement shape {tuple(field.shape)}")
             field = field + ops.cast(identity_grid(spatial), field.dtype)[None]
-        return warp(image, field, interpolation=self.interpolation, padding=self.padding)
+        return _sample(image, field, self.interpolation, self.padding)
 
     def compute_output_shape(self, input_shape):
         image_shape, field_shape = input_shape
+        name = "displacement" if self.field == "displacement" else "grid"
+        check_warp_shapes(self._where(), image_shape, field_shape, name)
         return (image_shape[0], *field_shape[1:-1], image_shape[-1])
 
     def get_config(self):
         config = super().get_config()
-        config.update(interpolation=self.interpolation, padding=self.padding, field=self.field)
+        config.update(interpolation=self.interpolation, padding=self.padding, field=self.field,
+                      check_finite=self.check_finite)
         return config

@@ -97,3 +97,21 @@ def test_mapping_json_variants_and_loading(tmp_path):
     # the brain (label > 0) is centred already, so the crop is the identity here
     np.testing.assert_array_equal(sample.structures, np.select([raw == 5, raw > 5], [1, 2], 0))
     np.testing.assert_array_equal(sample.segmentation, (raw > 0).astype(np.int32))
+
+
+def test_label_without_image_and_duplicate_ids_are_named(tmp_path):
+    lab = np.zeros((6, 6, 6), np.uint8)
+    lab[2:4, 2:4, 2:4] = 1
+    img = np.random.default_rng(0).random((6, 6, 6)).astype(np.float32)
+    for part in ("images", "labels"):
+        (tmp_path / part).mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "images" / name))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "labels" / name))
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "labels" / "c.nii.gz"))
+    with pytest.raises(DataError, match="c.nii.gz: label map without an image"):
+        folder_subjects(tmp_path)
+    (tmp_path / "labels" / "c.nii.gz").unlink()
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "images" / "a.nii"))
+    with pytest.raises(DataError, match=r"a.nii(.gz)? and .*a.nii(.gz)?: two files for subject 'a'"):
+        folder_subjects(tmp_path)

@@ -210,3 +210,25 @@ def test_save_rejects_bad_input(tmp_path):
         save_volume(tmp_path / "x.nii.gz", np.ones((3, 3)), np.eye(4))
     with pytest.raises(ValueError):
         save_volume(tmp_path / "x.mgz", np.ones((3, 3, 3)), np.eye(4))
+
+
+@pytest.mark.parametrize("diag, problem", [((20.0, 1.0, 1.0), "outside 0.1-10.0 mm"),
+                                           ((0.001, 1.0, 1.0), "outside 0.1-10.0 mm"),
+                                           (None, "singular affine")])
+def test_implausible_geometry_is_refused(tmp_path, diag, problem, monkeypatch):
+    import regseg.datasets.io as io_mod
+
+    path = tmp_path / "odd.nii.gz"
+    img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), None)
+    if diag is None:  # two voxel axes along the same world direction (sform only)
+        img.header.set_sform(np.array([[1.0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+                             code=1)
+        img.header.set_qform(None, code=0)
+    else:
+        img.header.set_sform(np.diag([*diag, 1.0]), code=1)
+    nib.save(img, str(path))
+    with pytest.raises(DataError, match=f"odd.nii.gz: .*{problem}"):
+        load_volume(path)
+    if problem.startswith("outside"):
+        monkeypatch.setattr(io_mod, "SPACING_RANGE_MM", (1e-4, 100.0))   # --spacing-range
+        np.testing.assert_allclose(load_volume(path).spacing, diag, rtol=1e-6)

@@ -306,7 +306,11 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
         SettingsMismatch: resumed with other settings (see :func:`check_settings`).
         CheckpointError: unusable backup or settings files (named).
     """
-    run_dir = Path(run_dir)
+    from regseg.training.distribute import worker_dir
+
+    # several workers: the chief works in run_dir, the others in a private copy of its state
+    run_dir = worker_dir(run_dir, getattr(model, "distribute_strategy", None),
+                         copy=(SETTINGS, BACKUP, FINAL_WEIGHTS, "checkpoints/epoch_*.weights.h5"))
     state = check_run_dir(run_dir, resume)
     changes = []
     if settings is not None and state != "new":

@@ -145,6 +145,8 @@ class TrainingPlan:
     epochs: int
     schedule: Callable
     validation: object = None
+    #: more Keras callbacks for ``fit`` (e.g. the diffeomorphic U-Net's ``EarlyStopping``, §4.5)
+    extra_callbacks: tuple = ()
 
 
 class Method:
@@ -235,10 +237,12 @@ class KerasMethod(Method):
                      steps_per_epoch=plan.steps_per_epoch, schedule=plan.schedule,
                      validation_data=plan.validation, resume=ctx.args.resume,
                      verbose=ctx.verbose, settings=run_settings(ctx, self, config, plan),
+                     extra_callbacks=tuple(plan.extra_callbacks),
                      allow_changes=ctx.args.resume_with_changes)
         if result["changes"]:
             ctx.changes[self.key] = result["changes"]
-        write_run_manifest(run_dir, ctx, self, config)
+        from regseg.training.distribute import worker_dir
+        write_run_manifest(worker_dir(run_dir, ctx.strategy), ctx, self, config)
         return self.registrar(predict_model, config)
 
     def load(self, run_dir: Path, manifest: dict):
@@ -415,6 +419,18 @@ class Reproduction:
         p.add_argument("--no-download", action="store_true",
                        help="never download; without data fall back to the demo")
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        p.add_argument("--deterministic", action="store_true",
+                       help="TensorFlow op determinism with the seed: same seed, same machine, "
+                            "bit-identical results (slower; see the README)")
+        p.add_argument("--no-cache", action="store_true",
+                       help="do not keep preprocessed volumes on disk ($REGSEG_CACHE/preprocessed)")
+        p.add_argument("--spacing-range", nargs=2, type=float, metavar=("LO", "HI"),
+                       default=None, help="accepted voxel sizes in mm (default 0.1 10)")
+        p.add_argument("--cluster", choices=["auto", "none", "slurm", "tf_config"], default="auto",
+                       help="several machines (docs/multi_machine.md): tf_config (the cluster of "
+                            "$TF_CONFIG), slurm (the tasks of this srun step), none (this machine "
+                            "only); auto: $REGSEG_CLUSTER, else tf_config when TF_CONFIG lists "
+                            "several workers, else none")
         self.add_arguments(p)
         return p
 
@@ -533,6 +549,57 @@ def resolve_data(repro: Reproduction, ctx: RunContext) -> None:
     ctx.splits = repro.datasets[key].load(root, ctx)
 
 
+def enable_determinism(seed: int) -> None:
+    """Seeds, TensorFlow op determinism and no oneDNN custom ops (``--deterministic``).
+
+    oneDNN's CPU kernels were measured to give two different tables in five same-seed runs of
+    the U-ReSNet smoke preset (3 epochs) even with op determinism; without them the tables
+    agreed but the weights still differed by ~1e-8, so CPU ops also run on one thread (intra-
+    and inter-op). ``TF_ENABLE_ONEDNN_OPTS`` only acts before TensorFlow is imported, so the
+    guarantee holds for a fresh process (``run.py --deterministic``); a warning says when
+    TensorFlow was imported earlier.
+    """
+    import warnings
+
+    if "tensorflow" in sys.modules and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+        warnings.warn("--deterministic: TensorFlow was imported before oneDNN could be turned "
+                      "off (TF_ENABLE_ONEDNN_OPTS=0); results may differ in the last bits",
+                      stacklevel=2)
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    # Multi-threaded CPU kernels (e.g. the 3-D convolutions' weight gradients) still summed in a
+    # thread-dependent order: weights differed by ~1e-8 between same-seed runs. One thread each.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def validate_data(ctx: RunContext) -> int:
+    """Read and preprocess every subject of every split once, before any training.
+
+    A bad file then stops the run at once with its name, never inside the input pipeline; the
+    samples land in the preprocessing cache on the way.
+
+    Raises:
+        DataError: the first subject that cannot be used (named).
+    """
+    tty = sys.stdout.isatty()
+    start = time.time()
+
+    def progress(done, total, subject_id):
+        if tty:
+            print(f"\rchecking the data: {done}/{total} subjects ({subject_id})", end="",
+                  flush=True)
+
+    n = ctx.splits.validate(progress)
+    print(("\r" if tty else "") + f"checked the data: {n} subjects read and preprocessed in "
+          f"{time.time() - start:.1f} s", flush=True)
+    return n
+
+
 # ------------------------------------------------------------------------------- run
 def _command(repro: Reproduction, argv) -> str:
     args = argv if argv is not None else sys.argv[1:]
@@ -581,15 +648,26 @@ def run(repro: Reproduction, argv=None) -> RunContext:
         repro.describe(preset, args)
         return ctx
     wanted = _check_settings(repro, args, preset)
+    if args.spacing_range is not None:
+        import regseg.datasets.io as io_module
+        lo, hi = args.spacing_range
+        if not 0 < lo < hi:
+            raise UsageError(f"--spacing-range: need 0 < LO < HI, got {lo} {hi}")
+        io_module.SPACING_RANGE_MM = (lo, hi)
+    if args.deterministic:
+        enable_determinism(ctx.seed)
 
     from regseg.training.distribute import describe as describe_strategy
     from regseg.training.distribute import make_strategy
 
     resolve_data(repro, ctx)
+    if not args.no_cache:
+        ctx.splits.use_disk_cache(cache_dir() / "preprocessed")
+    validate_data(ctx)
     tag = f"{preset.name}-{ctx.dataset_key}"
     ctx.out_dir = Path(args.output_dir or REPO_ROOT / "runs" / repro.key / tag)
     ctx.results_dir = Path(args.results_dir or REPO_ROOT / "results" / repro.key / tag)
-    ctx.strategy = make_strategy()
+    ctx.strategy = make_strategy(cluster=args.cluster)
     replicas = ctx.strategy.num_replicas_in_sync
     if preset.batch_size % replicas:
         raise UsageError(f"global batch {preset.batch_size} is not a multiple of the {replicas} "
@@ -599,10 +677,14 @@ def run(repro: Reproduction, argv=None) -> RunContext:
           f"results: {ctx.results_dir}", flush=True)
 
     from regseg.fileio import RunLock, check_writable
+    from regseg.training.distribute import worker_dir
 
-    check_writable(ctx.out_dir)
+    # several workers: only the chief writes results and locks the shared folders
+    ctx.results_dir = worker_dir(ctx.results_dir, ctx.strategy)
+    check_writable(worker_dir(ctx.out_dir, ctx.strategy))
     check_writable(ctx.results_dir.parent)
-    with RunLock(ctx.out_dir), RunLock(ctx.results_dir.parent, f".{ctx.results_dir.name}.lock"):
+    with RunLock(worker_dir(ctx.out_dir, ctx.strategy)), \
+            RunLock(ctx.results_dir.parent, f".{ctx.results_dir.name}.lock"):
         return _train_evaluate_report(repro, ctx, wanted)
 
 
@@ -625,6 +707,8 @@ def _train_evaluate_report(repro: Reproduction, ctx: RunContext, wanted: list[st
         if method.trained:
             ctx.timings[key] = time.time() - t0
     print("\n=== evaluating on the test pairs ===", flush=True)
+    from regseg.training.distribute import worker_dir
+    ctx.out_dir = worker_dir(ctx.out_dir, ctx.strategy)  # NIfTI outputs: the chief's alone
     evaluation = repro.evaluate(ctx, registrars)
     tables = repro.report(ctx, evaluation)
     wall = time.time() - ctx.start
@@ -686,26 +770,68 @@ def _user_files(results_dir: Path) -> list[str]:
             and ((p.name not in written) if written is not None else p.name == "README.md")]
 
 
+def _data_error_in(exc: BaseException) -> str | None:
+    """The DataError message carried by a TensorFlow error from inside an input pipeline."""
+    import re
+
+    match = re.search(r"DataError: (.+)", str(exc))
+    return match.group(1).strip() if match else None
+
+
 def main(repro: Reproduction, argv=None) -> int:
     """Command-line entry: :func:`run`, with errors as one line on stderr.
 
-    Returns:
-        0 on success; 2 for a usage error or a refused folder; 1 for data errors.
-    """
-    from regseg.datasets.io import DataError
-    from regseg.training.fit import CheckpointError, SettingsMismatch
+    Called without ``argv`` (from ``run.py``), the process ends with ``os._exit`` after an error,
+    so that no TensorFlow input-pipeline thread can hang the interpreter's shutdown.
 
+    Returns:
+        0 on success; 2 for a usage error, a refused folder or refused settings; 1 for data
+        and checkpoint errors.
+    """
+    cli = argv is None
+    try:
+        code = _main(repro, argv)
+    except BaseException:
+        if not cli:
+            raise
+        traceback.print_exc()
+        code = 1
+    if cli and code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _exit_code(exc: BaseException) -> tuple[int, str] | None:
+    """``(exit code, one-line message)`` for the errors a user can act on, else ``None``."""
+    from regseg.datasets.io import DataError
+    from regseg.fileio import LockedError
+
+    if isinstance(exc, (UsageError, FileExistsError, LockedError)):
+        return 2, str(exc)
+    if isinstance(exc, (DataError, FileNotFoundError, PermissionError, NotADirectoryError)):
+        return 1, str(exc)
+    if "regseg.training.fit" in sys.modules:  # imported lazily: it imports TensorFlow
+        from regseg.training.fit import CheckpointError, SettingsMismatch
+        if isinstance(exc, SettingsMismatch):
+            return 2, str(exc)
+        if isinstance(exc, CheckpointError):
+            return 1, str(exc)
+    message = _data_error_in(exc)  # a DataError raised inside a tf.data pipeline, wrapped
+    return (1, message) if message is not None else None
+
+
+def _main(repro: Reproduction, argv=None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         run(repro, argv)
         return 0
-    except (UsageError, FileExistsError, SettingsMismatch) as exc:
+    except Exception as exc:
+        known = _exit_code(exc)
+        if known is None:
+            raise
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (DataError, FileNotFoundError, CheckpointError) as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"error: {known[1]}", file=sys.stderr)
+        return known[0]
