@@ -115,12 +115,13 @@ def float_input(where: str, name: str, x):
     from keras import ops
     try:
         dtype = keras.backend.standardize_dtype(x.dtype)
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError):  # numpy strings or objects: refused below
         dtype = str(getattr(x, "dtype", type(x).__name__))
-    if keras.backend.is_float_dtype(dtype):
-        return x
-    if keras.backend.is_int_dtype(dtype) or dtype == "bool":
-        return ops.cast(x, "float32")
+    else:
+        if keras.backend.is_float_dtype(dtype):
+            return x
+        if keras.backend.is_int_dtype(dtype) or dtype == "bool":
+            return ops.cast(x, "float32")
     raise ValueError(f"{where}: {name} must be a real-valued (float, integer or bool) tensor, got "
                      f"dtype {dtype} (shape {_shape(x)})")
 

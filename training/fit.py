@@ -194,6 +194,24 @@ def check_settings(run_dir: Path, settings: dict, *, allow_changes: bool = False
     return diffs
 
 
+def _check_finished_epochs(run_dir: Path, epochs: int) -> None:
+    """Refuse other epochs for a finished run: it is only loaded, never trained to them.
+
+    Raises:
+        SettingsMismatch: ``settings.json`` records other epochs than ``epochs`` (named).
+    """
+    path = Path(run_dir) / SETTINGS
+    try:
+        done = int(json.loads(path.read_text())["settings"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: check_settings names it
+    if done != epochs:
+        raise SettingsMismatch(f"{path}: the run finished after {done} epoch(s); "
+                               f"--resume-with-changes cannot make it {epochs} (a finished run is "
+                               f"loaded, not trained again); start a new run in another "
+                               f"--output-dir")
+
+
 def write_settings(run_dir: Path, settings: dict) -> Path:
     """Write ``settings.json`` (settings + code version) for a new run, atomically."""
     from regseg.evaluation.tables import git_commit
@@ -313,6 +331,8 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
                          copy=(SETTINGS, BACKUP, FINAL_WEIGHTS, "checkpoints/epoch_*.weights.h5"))
     state = check_run_dir(run_dir, resume)
     changes = []
+    if settings is not None and state == "complete" and allow_changes:
+        _check_finished_epochs(run_dir, epochs)
     if settings is not None and state != "new":
         changes = check_settings(run_dir, settings, allow_changes=allow_changes)
     if state == "complete":

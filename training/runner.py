@@ -270,6 +270,9 @@ def random_pairs_plan(ctx: RunContext, mapping: Callable, schedule: Callable) ->
 
     preset, splits = ctx.preset, ctx.splits
     per_epoch = getattr(preset, "pairs_per_epoch", None) or len(splits.train)
+    if preset.batch_size > per_epoch:
+        raise UsageError(f"--batch-size {preset.batch_size} is larger than the {per_epoch} "
+                         f"training pairs of an epoch (no full batch to train on)")
     pairs = training_pairs(len(splits.train), preset.epochs, ctx.seed, per_epoch)
 
     def make_train(first_epoch):
@@ -683,6 +686,8 @@ def run(repro: Reproduction, argv=None) -> RunContext:
     ctx.results_dir = worker_dir(ctx.results_dir, ctx.strategy)
     check_writable(worker_dir(ctx.out_dir, ctx.strategy))
     check_writable(ctx.results_dir.parent)
+    if ctx.results_dir.exists() and not ctx.results_dir.is_dir():  # it would be replaced whole
+        raise NotADirectoryError(f"{ctx.results_dir}: --results-dir is a file, not a folder")
     with RunLock(worker_dir(ctx.out_dir, ctx.strategy)), \
             RunLock(ctx.results_dir.parent, f".{ctx.results_dir.name}.lock"):
         return _train_evaluate_report(repro, ctx, wanted)
