@@ -39,7 +39,7 @@ __all__ = [
     "Step", "Recipe", "STEPS", "register_step",
     "Resample", "ResampleToShape", "MaskFromLabels", "MaskFromImage", "SkullStrip", "ZScore",
     "MinMax", "Clip", "HounsfieldWindow", "CropOrPad", "CropAroundCentreOfMass", "Flip",
-    "MapLabels", "ureSnet_recipe",
+    "MapLabels", "ureSnet_recipe", "ureSnet_normalisation", "UReSNET_NORMALISATIONS",
 ]
 
 #: name -> step class, for :meth:`Recipe.from_dict`.
@@ -544,3 +544,39 @@ def ureSnet_recipe(crop_shape: Sequence[int] | None, structures: LabelMapping,
                   ZScore(mask="brain"), CropAroundCentreOfMass(crop_shape, mask="brain")]
     steps.append(MapLabels("labels", {"structures": structures, "segmentation": segmentation}))
     return Recipe(steps, name="U-ReSNet §3.5")
+
+
+#: U-ReSNet intensity normalisations: "paper" (§3.5, N(0, 1) over the brain) or "released"
+UReSNET_NORMALISATIONS = ("paper", "released")
+
+
+def ureSnet_normalisation(recipe: Recipe, normalisation: str = "paper") -> Recipe:
+    """A U-ReSNet recipe with the chosen intensity normalisation.
+
+    ``"paper"`` returns ``recipe`` unchanged (§3.5: z-score over the brain).  ``"released"``
+    follows the authors' released code (z-score, clip to ±5, min-max to [0, 1]): after the
+    recipe's :class:`ZScore` it inserts :class:`Clip` (-5, 5), :class:`MinMax` and, where the
+    z-score used a mask, :class:`SkullStrip` on that mask so that the background is 0, the
+    darkest value, as in the released code's skull-stripped images (our :class:`ZScore` writes 0
+    outside the brain, which min-max alone would turn into mid-grey).
+
+    Raises:
+        ValueError: unknown ``normalisation``, or no z-score step to follow.
+    """
+    if normalisation not in UReSNET_NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {UReSNET_NORMALISATIONS}, "
+                         f"got {normalisation!r}")
+    if normalisation == "paper":
+        return recipe
+    steps, done = [], False
+    for step in recipe.steps:
+        steps.append(step)
+        if isinstance(step, ZScore) and not done:
+            steps += [Clip(-5.0, 5.0, image=step.image), MinMax(image=step.image)]
+            if step.mask is not None:
+                steps.append(SkullStrip(step.mask, image=step.image))
+            done = True
+    if not done:
+        raise ValueError(f"recipe {recipe.name!r} has no z-score step to follow")
+    return Recipe(steps, name=f"{recipe.name} + released normalisation (clip ±5, min-max)")
+

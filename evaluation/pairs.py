@@ -43,7 +43,10 @@ __all__ = ["Registrar", "IdentityRegistrar", "PairEvaluation", "evaluate_pairs",
 
 #: Rules for warping label maps: "argmax" (one-hot, trilinear, argmax; U-ReSNet's released
 #: evaluation default in this suite) or "nearest" (nearest-neighbour sampling).
-LABEL_RULES = ("argmax", "nearest")
+LABEL_RULES = ("argmax", "nearest", "released")
+#: "released": U-ReSNet's released evaluation (``metrics.evaluate``, ``--use-mask``): each
+#: trilinearly warped one-hot channel thresholded at > 0 separately, so the warped structures may
+#: overlap; :func:`warp_labels` then returns ``(X, Y, Z, n_labels + 1)`` booleans.
 
 
 class Registrar(Protocol):
@@ -77,9 +80,10 @@ def warp_labels(labels: np.ndarray, grid: np.ndarray, n_labels: int, rule: str =
         grid: ``(X', Y', Z', 3)`` sampling grid, voxels of ``labels``.
         n_labels: number of foreground labels.
         rule: ``"argmax"``: one-hot, trilinear, argmax (border clamping); ``"nearest"``:
-            nearest-neighbour sampling (border clamping).
+            nearest-neighbour sampling (border clamping); ``"released"``: one-hot, trilinear,
+            each channel ``> 0`` (U-ReSNet's released ``--use-mask`` evaluation).
     Returns:
-        int32 ``(X', Y', Z')``.
+        int32 ``(X', Y', Z')``; for ``"released"`` bool ``(X', Y', Z', n_labels + 1)``.
     Raises:
         ValueError: unknown rule.
     """
@@ -94,7 +98,21 @@ def warp_labels(labels: np.ndarray, grid: np.ndarray, n_labels: int, rule: str =
         return np.rint(np.asarray(out)[0, ..., 0]).astype(np.int32)
     onehot = np.eye(n_labels + 1, dtype=np.float32)[labels]
     warped = np.asarray(warp(onehot[None], grid[None]))[0]
+    if rule == "released":
+        return warped > 0
     return warped.argmax(-1).astype(np.int32)
+
+
+def _rule_dice(warped, target, labels, rule):
+    """Dice per label of labels warped by ``rule`` (``"released"``: channel masks)."""
+    if rule != "released":
+        return metrics.dice(warped, target, labels, empty=0.0)
+    out = []
+    for k in labels:
+        a, b = warped[..., k], target == k
+        total = a.sum() + b.sum()
+        out.append(0.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total)
+    return np.asarray(out, dtype=np.float64)
 
 
 @dataclass
@@ -111,6 +129,9 @@ class PairEvaluation:
         deformation: DataFrame rows (pair, method, folding fraction, SDlogJ).
         seconds: DataFrame rows (pair, method, seconds of ``register``).
         examples: ``{method: {"moving", "fixed", "outputs", "warped_labels"}}`` of the first pair.
+        dice_rules: ``{rule: {method: DataFrame}}`` Dice by the ``extra_label_rules`` of
+            :func:`evaluate_pairs` (same layout as ``dice``).
+        extra: DataFrame rows (pair, method, one column per ``pair_metrics`` entry).
     """
 
     pairs: list = field(default_factory=list)
@@ -121,6 +142,8 @@ class PairEvaluation:
     deformation: pd.DataFrame = field(default_factory=pd.DataFrame)
     seconds: pd.DataFrame = field(default_factory=pd.DataFrame)
     examples: dict = field(default_factory=dict)
+    dice_rules: dict = field(default_factory=dict)
+    extra: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def per_pair_dice(self) -> pd.DataFrame:
         """All methods' Dice in one long table: index pair, column ``method`` then structures."""
@@ -136,7 +159,9 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
                    structures: str | None = "structures", segmentation: str | None = None,
                    label_rule: str = "argmax", hd95: bool = False, jacobian_mask: str | None = None,
                    nifti_dir: str | Path | None = None, folder_names: Mapping[str, str] | None = None,
-                   ) -> PairEvaluation:
+                   pair_metrics: Mapping[str, object] | None = None,
+                   extra_label_rules: Sequence[str] = (),
+                   learn2reg_sdlogj: bool = False) -> PairEvaluation:
     """Evaluate every registrar on the same (moving, fixed) pairs.
 
     Args:
@@ -156,6 +181,16 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
         nifti_dir: write ``<folder>/<moving>_to_<fixed>_{warped,warped_structures,
             displacement_voxels}.nii.gz`` in the fixed sample's geometry.
         folder_names: ``{method: folder}`` for ``nifti_dir`` (default: the method name).
+        pair_metrics: more per-pair scores, ``{name: f(moving, fixed, outputs) -> float}``
+            with ``outputs`` the registrar's dict plus ``"grid"``, ``"warped"`` and
+            ``"warped_labels"`` (``None`` without ``structures``); one column each in
+            :attr:`PairEvaluation.extra`.
+        extra_label_rules: more label rules (of :data:`LABEL_RULES`) whose Dice goes to
+            :attr:`PairEvaluation.dice_rules` (``label_rule``'s stays in ``dice``).
+        learn2reg_sdlogj: also report, beside ``"SDlogJ"``, ``"SDlogJ non-folded"`` (the log
+            over voxels with det J > 0 only) and ``"SDlogJ Learn2Reg (+3, border crop)"``
+            (:func:`~regseg.evaluation.metrics.sd_log_jacobian` with ``learn2reg=True``), all
+            within ``jacobian_mask``.
     Returns:
         :class:`PairEvaluation`.
     Raises:
@@ -165,8 +200,9 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
     from regseg.datasets.io import save_volume
     from regseg.layers import warp
 
-    if label_rule not in LABEL_RULES:
-        raise ValueError(f"label rule must be one of {LABEL_RULES}, got {label_rule!r}")
+    for rule in (label_rule, *extra_label_rules):
+        if rule not in LABEL_RULES:
+            raise ValueError(f"label rule must be one of {LABEL_RULES}, got {rule!r}")
     names = list(getattr(samples, "structure_names", []) or [])
     classes = list(getattr(samples, "class_names", []) or [])
     loaded = [samples.load(i) for i in range(len(samples))] if hasattr(samples, "load") \
@@ -181,9 +217,10 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
     labels = list(range(1, len(names) + 1))
     result = PairEvaluation()
     dice_rows = {m: [] for m in registrars}
+    rule_rows = {r: {m: [] for m in registrars} for r in extra_label_rules}
     hd_rows = {m: [] for m in registrars}
     seg_rows: dict = {}
-    tre_rows, def_rows, sec_rows = [], [], []
+    tre_rows, def_rows, sec_rows, extra_rows = [], [], [], []
     for i, j in pairs:
         mov, fix = loaded[int(i)], loaded[int(j)]
         pair_id = f"{mov.subject_id}->{fix.subject_id}"
@@ -205,7 +242,15 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
                 warped_labels = (warp_labels(source, grid, len(names), label_rule) if moved
                                  else np.asarray(source, dtype=np.int32))
                 target = fix.label(structures)
-                dice_rows[method].append(metrics.dice(warped_labels, target, labels, empty=0.0))
+                if label_rule == "released" and not moved:
+                    warped_labels = np.eye(len(names) + 1, dtype=bool)[warped_labels]
+                dice_rows[method].append(_rule_dice(warped_labels, target, labels, label_rule))
+                for rule in extra_label_rules:
+                    w = warp_labels(source, grid, len(names), rule) if moved else \
+                        np.asarray(source, dtype=np.int32)
+                    if rule == "released" and not moved:
+                        w = np.eye(len(names) + 1, dtype=bool)[w]
+                    rule_rows[rule][method].append(_rule_dice(w, target, labels, rule))
                 if hd95:
                     hd_rows[method].append([
                         metrics.hd95(warped_labels == k, target == k, spacing=fix.spacing)
@@ -229,9 +274,16 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
                         raise DataError(f"{fix.subject_id}: no mask {jacobian_mask!r} for the "
                                         f"Jacobian statistics (masks: {have})")
                     mask = fix.masks[jacobian_mask]
-                def_rows.append({"pair": pair_id, "method": method,
-                                 "folding fraction": metrics.folding_fraction(jac, mask=mask),
-                                 "SDlogJ": metrics.sd_log_jacobian(jac, mask=mask)})
+                row = {"pair": pair_id, "method": method,
+                       "folding fraction": metrics.folding_fraction(jac, mask=mask),
+                       "SDlogJ": metrics.sd_log_jacobian(jac, mask=mask)}
+                if learn2reg_sdlogj:
+                    inside = np.ones(jac.shape, bool) if mask is None else np.asarray(mask, bool)
+                    row["SDlogJ non-folded"] = metrics.sd_log_jacobian(
+                        jac, mask=inside & (jac > 0))
+                    row["SDlogJ Learn2Reg (+3, border crop)"] = metrics.sd_log_jacobian(
+                        jac, mask=inside, learn2reg=True)
+                def_rows.append(row)
             if "moving_seg" in out and segmentation is not None:
                 pred = np.asarray(out["moving_seg"]).argmax(-1)
                 seg_rows.setdefault(method, []).append(metrics.dice(
@@ -242,6 +294,10 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
                 warped = np.asarray(warp(np.asarray(mov.image, np.float32)[None, ..., None],
                                          grid[None]))[0, ..., 0]
             warped = np.asarray(warped).reshape(fix.shape)
+            if pair_metrics:
+                full = {**out, "grid": grid, "warped": warped, "warped_labels": warped_labels}
+                extra_rows.append({"pair": pair_id, "method": method, **{
+                    name: f(mov, fix, full) for name, f in pair_metrics.items()}})
             if method not in result.examples:
                 result.examples[method] = {"pair": pair_id, "moving": mov, "fixed": fix,
                                            "outputs": {**out, "grid": grid, "warped": warped},
@@ -259,6 +315,9 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
     if structures is not None:
         result.dice = {m: pd.DataFrame(np.array(v).reshape(len(index), -1), index=index,
                                        columns=names) for m, v in dice_rows.items()}
+        result.dice_rules = {r: {m: pd.DataFrame(np.array(v).reshape(len(index), -1),
+                                                 index=index, columns=names)
+                                 for m, v in rows.items()} for r, rows in rule_rows.items()}
         if hd95:
             result.hd95 = {m: pd.DataFrame(np.array(v).reshape(len(index), -1), index=index,
                                            columns=names) for m, v in hd_rows.items()}
@@ -267,4 +326,5 @@ def evaluate_pairs(registrars: Mapping[str, Registrar], samples: Sequence, pairs
     result.tre = pd.DataFrame(tre_rows)
     result.deformation = pd.DataFrame(def_rows)
     result.seconds = pd.DataFrame(sec_rows)
+    result.extra = pd.DataFrame(extra_rows)
     return result

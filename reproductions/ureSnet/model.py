@@ -68,13 +68,20 @@ class UReSNetConfig:
         grid_origin: "zero" (paper-correct identity) or "one" (released code's
             one-voxel shift), see ``regseg.layers.sampling_grids``.
         affine_centre: "corner" (released code) or "centre".
-        dice_background: include the background channel of the softmax in
-            the soft Dice of eq. 6 (default).  The paper is silent; the
-            released code sums the Dice of the 3 foreground channels only.
-            With a softmax and an unsupervised background channel the
-            background probability can settle on a foreground class where
-            that class's Dice has no overlap, hence no gradient (seen on
-            ixi10: LV predicted over the whole background, Dice 0).
+        seg_dice: the Dice of eq. 6, one of :data:`SEG_DICE` (see
+            :class:`SegmentationDiceLoss`): ``"released"`` (default; the sum
+            of the 3 foreground soft Dice terms, as the released
+            ``losses.generalised_dice``), ``"mean-with-background"`` (1 - mean
+            over the 4 softmax channels) or ``"generalised"`` (Sudre et al.
+            2017, which the paper cites).
+        lcc_window: side of the LCC window of eq. 4, voxels (odd); the
+            reproduction sets it from ``lcc_window_mm`` and the voxel size
+            with :func:`lcc_window_voxels` (9 mm: 5 voxels at 2 mm, 9 at 1 mm).
+        lcc_window_mm: the physical window the voxel count was derived from
+            (recorded only).
+        dice_background: legacy field of run manifests written before
+            ``seg_dice`` existed (``True`` = ``"mean-with-background"``);
+            ``None`` otherwise.  It does not change the network.
     """
 
     input_shape: tuple = (80, 104, 88)
@@ -88,7 +95,70 @@ class UReSNetConfig:
     w2: float = 1.0
     grid_origin: str = "zero"
     affine_centre: str = "corner"
-    dice_background: bool = True
+    seg_dice: str = "released"
+    lcc_window: int = 9
+    lcc_window_mm: float | None = None
+    dice_background: bool | None = None
+
+
+#: the Dice variants of eq. 6 (``--seg-dice``)
+SEG_DICE = ("released", "mean-with-background", "generalised")
+
+
+def lcc_window_voxels(window_mm: float, spacing_mm) -> int:
+    """The LCC window side in voxels for a physical window: the odd integer nearest to
+    ``window_mm / spacing`` (``2 * round((w / s - 1) / 2) + 1``, at least 1).
+
+    9 mm gives 5 voxels at 2 mm (4.5 -> 5) and 9 at 1 mm.  For an anisotropic grid the mean
+    voxel size is used (the window is cubic).
+
+    Raises:
+        ValueError: a window or a voxel size that is not positive.
+    """
+    spacing = float(np.mean(np.atleast_1d(np.asarray(spacing_mm, dtype=np.float64))))
+    if not (window_mm > 0 and spacing > 0):
+        raise ValueError(f"LCC window {window_mm} mm and voxel size {spacing} mm must be > 0")
+    return max(1, 2 * int(np.floor((window_mm / spacing - 1) / 2 + 0.5)) + 1)
+
+
+@keras.saving.register_keras_serializable(package="regseg_ureSnet")
+class SegmentationDiceLoss(keras.losses.Loss):
+    """The Dice term of eq. 6 on ``(batch, X, Y, Z, 4)`` one-hot labels and softmax outputs.
+
+    Per sample (Keras averages over the batch), with the volumetric soft Dice
+    ``D_c = (2 sum p t + s) / (sum p + sum t + s)``, ``s = 1e-5``:
+
+    * ``"released"``: ``sum_{c=1..3} (1 - D_c)``, the 3 foreground classes summed, as the
+      released ``losses.generalised_dice`` (which returns ``-sum_c D_c``: the same gradient;
+      its per-slice Dice over two spatial axes is a bug, the volumetric Dice is used here);
+    * ``"mean-with-background"``: ``1 - mean_{c=0..3} D_c`` (this suite's former default);
+    * ``"generalised"``: Sudre et al. 2017 (cited by the paper for eq. 6) over the 4 channels,
+      ``1 - 2 sum_c w_c sum p t / sum_c w_c sum (p + t)``, ``w_c = 1 / max(sum t_c, 1)^2``.
+    """
+
+    def __init__(self, kind="released", smooth=1e-5, name="seg_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if kind not in SEG_DICE:
+            raise ValueError(f"seg_dice must be one of {SEG_DICE}, got {kind!r}")
+        self.kind, self.smooth = kind, float(smooth)
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+        y_true = ops.cast(y_true, y_pred.dtype)
+        axes = tuple(range(1, len(y_pred.shape) - 1))
+        inter = ops.sum(y_true * y_pred, axis=axes)
+        total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+        if self.kind == "generalised":
+            w = 1.0 / ops.square(ops.maximum(ops.sum(y_true, axis=axes), 1.0))
+            return 1.0 - (2.0 * ops.sum(w * inter, -1) + self.smooth) / (
+                ops.sum(w * total, -1) + self.smooth)
+        d = (2.0 * inter + self.smooth) / (total + self.smooth)
+        if self.kind == "released":
+            return ops.sum(1.0 - d[..., 1:], axis=-1)
+        return 1.0 - ops.mean(d, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "smooth": self.smooth}
 
 
 def _conv(x, channels, kernel, name, strides=1, padding="same"):
@@ -193,11 +263,18 @@ def losses_and_weights(config: UReSNetConfig):
     """
     from regseg.layers import ReconstructionLoss, SoftDiceLoss
 
-    loss = {"deformed": ReconstructionLoss(mse_weight=1.0, lcc_weight=1.0, window=9)}
+    loss = {"deformed": ReconstructionLoss(mse_weight=1.0, lcc_weight=1.0,
+                                           window=int(config.lcc_window))}
     weights = {"deformed": config.w1}
     if config.segmentation:
-        loss.update(moving_seg=SoftDiceLoss(include_background=config.dice_background),
-                    warped_seg=SoftDiceLoss(include_background=config.dice_background))
+        kind = config.seg_dice
+        if config.dice_background is not None and kind == "released":  # legacy manifests
+            kind = "mean-with-background" if config.dice_background else "foreground-mean"
+        if kind == "foreground-mean":  # the former --dice-foreground-only
+            loss.update(moving_seg=SoftDiceLoss(include_background=False),
+                        warped_seg=SoftDiceLoss(include_background=False))
+        else:
+            loss.update(moving_seg=SegmentationDiceLoss(kind), warped_seg=SegmentationDiceLoss(kind))
         weights.update(moving_seg=config.w2 * config.gamma, warped_seg=config.w2 * config.delta)
     return loss, weights
 
