@@ -580,3 +580,8 @@ def ureSnet_normalisation(recipe: Recipe, normalisation: str = "paper") -> Recip
         raise ValueError(f"recipe {recipe.name!r} has no z-score step to follow")
     return Recipe(steps, name=f"{recipe.name} + released normalisation (clip ±5, min-max)")
 
+
+# Steps defined in other modules register themselves when imported; import them here so that
+# Recipe.from_dict knows them (e.g. ``python -m regseg register`` on a DeepAtlas run).
+from . import alignment as _alignment  # noqa: E402,F401
+from . import luna16 as _luna16, lung_ct as _lung_ct  # noqa: E402,F401  (diffeomorphic U-Net)

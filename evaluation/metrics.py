@@ -331,7 +331,10 @@ def hausdorff_distance(
 
     ``percentile=100`` gives the classical Hausdorff distance (maximum surface
     distance; the diffeomorphic U-Net paper reports it with unit spacing, in
-    voxels); ``percentile=95`` gives HD95 (see :func:`hd95`).
+    voxels); ``percentile=95`` gives the MedPy-style HD95 of the pooled
+    surface-voxel distances, which is NOT the Learn2Reg scorer's HD95 (that is
+    :func:`hd95`: DeepMind's area-weighted surface elements, max of the two
+    directed percentiles).
 
     Args:
         a, b: array_like of bool, same shape.
@@ -353,34 +356,68 @@ def hausdorff_distance(
 
 
 def hd95(a, b, *, spacing: Sequence[float] | float = (1.0, 1.0, 1.0)) -> float:
-    """95th percentile of the symmetric surface distances (HD95).
+    """95th-percentile Hausdorff distance (HD95) as the Learn2Reg scorer defines it.
 
-    ``np.percentile`` (linear interpolation) of the pooled distances from
-    both surfaces, as computed by :func:`surface_distances`.
+    DeepMind's surface distances (the ``surface-distance`` package, which the Learn2Reg
+    evaluation uses): each mask's surface is made of surface elements on the voxel grid's
+    corners, each weighted by its area (mm^2, from ``spacing``); for each direction (``a`` to
+    ``b`` and ``b`` to ``a``) the area-weighted 95th percentile of the distances from one
+    surface's elements to the other surface is taken, and HD95 is the larger of the two
+    (``compute_robust_hausdorff(compute_surface_distances(a, b, spacing), 95)``). The masks are
+    first cropped to the bounding box of their union plus a one-voxel margin, so the distance
+    transforms run on that box only (same value, much faster on small structures in large
+    volumes).
+
+    This differs from :func:`hausdorff_distance` with ``percentile=95`` (the MedPy-style
+    percentile of the pooled distances between surface *voxels*), which was this function's
+    definition before and is about 4 % off the scorer's.
 
     Args:
-        a, b: array_like of bool, same shape, e.g. ``(X, Y, Z)``. Binary masks
-            (for a label map use ``a == label``).
-        spacing: float or sequence of floats, keyword-only. Voxel size in mm
-            per axis (default unit spacing). Result in mm. The Learn2Reg
-            scorer passes unit spacing, so its HD95 is in *voxels*: use
-            ``spacing=1`` to compare with it.
+        a, b: array_like of bool, same shape, ``(X, Y, Z)`` or ``(H, W)``. Binary masks (for a
+            label map use ``a == label``); the result is symmetric in ``a`` and ``b``.
+        spacing: float or sequence of floats, keyword-only. Voxel size in mm per axis (default
+            unit spacing). Result in mm. The Learn2Reg scorer passes unit spacing, so its HD95
+            is in *voxels*: use ``spacing=1`` to compare with it.
 
     Returns:
         float: HD95 in the unit of ``spacing``; NaN if either mask is empty.
 
     Raises:
-        ValueError: On shape mismatch or a ``spacing`` of the wrong length.
+        ValueError: On shape mismatch, masks that are not 2-D or 3-D, or a ``spacing`` of the
+            wrong length.
 
-    Source: Gunnarsson et al. 2020 Table 1 (HD95).
-
-    Note:
-        The Learn2Reg scorer uses DeepMind's ``surface-distance`` package,
-        which weights surface elements by area and takes the max of the two
-        directed 95th percentiles; values differ slightly from this pooled
-        definition.
+    Source: Learn2Reg 2020 scorer (``compute_robust_hausdorff(compute_surface_distances(fixed ==
+    l, warped == l, np.ones(3)), 95.)``, DeepMind ``surface-distance``); Gunnarsson et al. 2020
+    Table 1 (HD95).
     """
-    return hausdorff_distance(a, b, spacing=spacing, percentile=95.0)
+    import warnings
+
+    a = np.asarray(a).astype(bool)
+    b = np.asarray(b).astype(bool)
+    if a.shape != b.shape:
+        raise ValueError(f"hd95: shape mismatch {a.shape} vs {b.shape}")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"hd95: masks must be 2-D or 3-D, got shape {a.shape}")
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.ndim == 0:
+        sp = np.full(a.ndim, float(sp))
+    if sp.shape != (a.ndim,):
+        raise ValueError(f"hd95: spacing must have {a.ndim} entries, got {spacing}")
+    if not a.any() or not b.any():
+        return float("nan")
+    union = a | b
+    box = []
+    for axis in range(a.ndim):
+        hit = np.flatnonzero(union.any(axis=tuple(k for k in range(a.ndim) if k != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
+    box = tuple(box)
+    import surface_distance
+
+    with warnings.catch_warnings():  # the package imports scipy.ndimage.{filters,morphology}
+        warnings.simplefilter("ignore", DeprecationWarning)
+        distances = surface_distance.compute_surface_distances(
+            np.ascontiguousarray(a[box]), np.ascontiguousarray(b[box]), tuple(float(v) for v in sp))
+        return float(surface_distance.compute_robust_hausdorff(distances, 95.0))
 
 
 # --------------------------------------------------------------------------- #

@@ -62,6 +62,29 @@ def _filters(name, values):
     return tuple(int(v) for v in values)
 
 
+def _level_filters(name, values):
+    """Filters per level: each entry an int (one convolution) or a sequence of ints (several)."""
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a sequence of positive integers, got {values!r}") from None
+    out = []
+    for v in values:
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            out.append((_positive_int(name, v),))
+        else:
+            level = _filters(name, v)
+            if not level:
+                raise ValueError(f"{name}: a level must hold at least one convolution, got {v!r}")
+            out.append(level)
+    return tuple(out)
+
+
+def _level_name(prefix, k):
+    return prefix if k == 0 else f"{prefix}_{k}"
+
+
 def _sub(name, suffix):
     return None if name is None else f"{name}_{suffix}"
 
@@ -172,11 +195,25 @@ def unet(inputs, *, encoder_filters=(16, 32, 32, 32), decoder_filters=(32, 32, 3
     ``Conv2DTranspose/Conv3DTranspose`` with ``d[j]`` filters, kernel 2,
     stride 2 (DeepAtlas' segmentation U-Net).
 
+    Several convolutions per level: an entry of ``encoder_filters`` or
+    ``decoder_filters`` may be a sequence of ints instead of an int, e.g.
+    ``e = ((8, 16), (16, 32), (32, 64))``: the level then runs those
+    convolutions one after the other (the first one strided for
+    ``downsample="stride"``), and ``e[i]`` / ``d[j]`` above mean the level's
+    last filter count.  DeepAtlas' released light segmentation U-Net is
+    ``downsample="maxpool"``, ``upsample="transposed"``,
+    ``e = ((8, 16), (16, 32), (32, 64))``,
+    ``d = ((64, 64), (64, 64), (32, 32), (16, 16))``.  Layer names: the first
+    convolution of a level keeps ``<name>_enc<i>`` / ``<name>_dec<j>``, the
+    ``k``-th further one is ``<name>_enc<i>_<k>`` / ``<name>_dec<j>_<k>``.
+
     Args:
         inputs: ``(batch, D, H, W, C)`` or ``(batch, H, W, C)`` Keras tensor;
             every static spatial size must be divisible by ``2^L``.
-        encoder_filters: ``L >= 1`` positive ints, finest level first.
-        decoder_filters: ``>= L`` positive ints, coarsest level first.
+        encoder_filters: ``L >= 1`` positive ints (or sequences of positive
+            ints, several convolutions per level), finest level first.
+        decoder_filters: ``>= L`` positive ints (or sequences of them),
+            coarsest level first.
         downsample: ``"stride"`` or ``"maxpool"`` (see above).
         upsample: ``"nearest"`` or ``"transposed"``.
         skips: concatenate the encoder skip tensors (``True``) or not.
@@ -212,8 +249,10 @@ def unet(inputs, *, encoder_filters=(16, 32, 32, 32), decoder_filters=(32, 32, 3
     check_option("order", order, _ORDERS)
     if not isinstance(skips, bool):
         raise ValueError(f"skips must be True or False, got {skips!r}")
-    enc = _filters("encoder_filters", encoder_filters)
-    dec = _filters("decoder_filters", decoder_filters)
+    enc_levels = _level_filters("encoder_filters", encoder_filters)
+    dec_levels = _level_filters("decoder_filters", decoder_filters)
+    enc = tuple(level[-1] for level in enc_levels)
+    dec = tuple(level[-1] for level in dec_levels)
     levels = len(enc)
     if levels == 0:
         raise ValueError("encoder_filters must hold at least one level, got ()")
@@ -239,19 +278,23 @@ def unet(inputs, *, encoder_filters=(16, 32, 32, 32), decoder_filters=(32, 32, 3
     skip_tensors = []
     if downsample == "stride":
         skip_tensors.append(inputs)
-        for i, f in enumerate(enc):
-            x = conv_block(x, f, strides=2, name=f"{name}_enc{i}", **block)
+        for i, level in enumerate(enc_levels):
+            for k, f in enumerate(level):
+                x = conv_block(x, f, strides=2 if k == 0 else 1,
+                               name=_level_name(f"{name}_enc{i}", k), **block)
             if i < levels - 1:
                 skip_tensors.append(x)
     else:
-        for i, f in enumerate(enc):
-            x = conv_block(x, f, strides=1, name=f"{name}_enc{i}", **block)
+        for i, level in enumerate(enc_levels):
+            for k, f in enumerate(level):
+                x = conv_block(x, f, strides=1, name=_level_name(f"{name}_enc{i}", k), **block)
             skip_tensors.append(x)
             x = pool(pool_size=2, name=f"{name}_pool{i}")(x)
 
     # decoder: one convolution + upsampling (+ skip) per level, coarsest first
     for j in range(levels):
-        x = conv_block(x, dec[j], strides=1, name=f"{name}_dec{j}", **block)
+        for k, f in enumerate(dec_levels[j]):
+            x = conv_block(x, f, strides=1, name=_level_name(f"{name}_dec{j}", k), **block)
         if upsample == "nearest":
             x = nearest(size=2, name=f"{name}_up{j}")(x)
         else:
@@ -263,7 +306,8 @@ def unet(inputs, *, encoder_filters=(16, 32, 32, 32), decoder_filters=(32, 32, 3
                 [x, skip_tensors[levels - 1 - j]])
     # extra full-resolution convolutions
     for j in range(levels, len(dec)):
-        x = conv_block(x, dec[j], strides=1, name=f"{name}_dec{j}", **block)
+        for k, f in enumerate(dec_levels[j]):
+            x = conv_block(x, f, strides=1, name=_level_name(f"{name}_dec{j}", k), **block)
     return x
 
 

@@ -124,7 +124,8 @@ def register_files(run_dir, moving, fixed, out_dir, *, moving_labels=None, fixed
             hint = f" (pass --{role}-labels)" if "needs the label" in str(exc) else ""
             raise DataError(f"{exc}{hint}") from exc
     import nibabel as nib
-    fixed_file_affine = nib.load(str(fixed)).affine
+    from regseg.datasets.itk_io import is_itk_path, read_itk_image
+    fixed_file_affine = (read_itk_image(fixed) if is_itk_path(fixed) else nib.load(str(fixed))).affine
 
     repro = importlib.import_module(manifest["reproduction"]).REPRODUCTION
     method = repro.methods()[manifest["method"]]

@@ -160,7 +160,9 @@ def _every_step_recipe():
 
 def test_recipe_json_round_trip_with_every_step():
     recipe = _every_step_recipe()
-    assert set(STEPS) <= {s.name for s in recipe.steps}, "the recipe must use every known step"
+    # every step of this module (papers' own modules register more steps and test them)
+    shared = {k for k, v in STEPS.items() if v.__module__ == Recipe.__module__}
+    assert shared <= {s.name for s in recipe.steps}, "the recipe must use every known step"
     text = json.dumps(recipe.to_dict())
     back = Recipe.from_dict(json.loads(text))
     assert back == recipe
