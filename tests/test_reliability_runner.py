@@ -147,3 +147,12 @@ def test_deterministic_runs_are_bit_identical(tmp_path, ixi10_root):
                          if isinstance(obj, h5py.Dataset) else None)
         outputs[-1].append(sorted(weights))
     assert outputs[0] == outputs[1]
+
+
+def test_help_and_usage_errors_exit_like_argparse():
+    cmd = [sys.executable, str(REPO / "reproductions/ureSnet/run.py")]
+    ok = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "--preset" in ok.stdout and "Traceback" not in ok.stderr
+    bad = subprocess.run(cmd + ["--preset", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
+    assert "Traceback" not in bad.stderr

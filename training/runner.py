@@ -796,6 +796,13 @@ def main(repro: Reproduction, argv=None) -> int:
     cli = argv is None
     try:
         code = _main(repro, argv)
+    except SystemExit:  # argparse: --help (0) and usage errors (2)
+        raise
+    except KeyboardInterrupt:
+        if not cli:
+            raise
+        print("interrupted (resume with --resume)", file=sys.stderr)
+        code = 130
     except BaseException:
         if not cli:
             raise
