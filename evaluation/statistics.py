@@ -14,7 +14,24 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["compare", "fdr"]
+__all__ = ["compare", "fdr", "paired_wilcoxon"]
+
+
+def paired_wilcoxon(a, b, alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p-value of paired scores ``a`` against ``b`` (``scipy.stats.wilcoxon``).
+
+    Cases where either score is not finite are dropped pairwise. The p-value is NaN when fewer
+    than 2 pairs remain or every difference is zero (within float tolerance): the test then says
+    nothing.
+
+    >>> paired_wilcoxon([1.0, 2.0], [1.0, 2.0])
+    nan
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 2 or np.allclose(a[keep], b[keep]):
+        return float("nan")
+    return float(stats.wilcoxon(a[keep], b[keep], alternative=alternative).pvalue)
 
 
 def compare(a, b, *, alternative: str = "two-sided") -> dict:
@@ -39,12 +56,7 @@ def compare(a, b, *, alternative: str = "two-sided") -> dict:
     if len(fa) < 2 or len(fb) < 2:
         raise ValueError(f"need at least 2 finite scores per method, got {len(fa)} and {len(fb)}")
     u = stats.mannwhitneyu(fa, fb, alternative=alternative)
-    wilcoxon_p = np.nan
-    if a.shape == b.shape:
-        both = np.isfinite(a) & np.isfinite(b)
-        diff = a[both] - b[both]
-        if len(diff) >= 2 and np.any(diff != 0):
-            wilcoxon_p = float(stats.wilcoxon(a[both], b[both], alternative=alternative).pvalue)
+    wilcoxon_p = paired_wilcoxon(a, b, alternative) if a.shape == b.shape else np.nan
     return {"n": int(min(len(fa), len(fb))), "mean a": float(fa.mean()), "mean b": float(fb.mean()),
             "mean difference": float(fa.mean() - fb.mean()), "U": float(u.statistic),
             "Mann-Whitney p": float(u.pvalue), "Wilcoxon p": wilcoxon_p}

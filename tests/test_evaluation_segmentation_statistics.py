@@ -60,3 +60,15 @@ def test_benjamini_hochberg_by_hand():
     # running minimum from the top: 0.04, 0.0533, 0.0533, 0.5
     np.testing.assert_allclose(fdr(p), [0.04, 0.16 / 3, 0.16 / 3, np.nan, 0.5])
     assert pd.isna(fdr([np.nan])[0])
+
+
+def test_paired_wilcoxon_drops_non_finite_pairs_and_matches_scipy():
+    from scipy import stats
+
+    from regseg.evaluation.statistics import paired_wilcoxon
+    a = [0.9, 0.8, np.nan, 0.7, 0.95, 0.6]
+    b = [0.85, 0.81, 0.5, 0.6, 0.9, np.inf]
+    expected = stats.wilcoxon([0.9, 0.8, 0.7, 0.95], [0.85, 0.81, 0.6, 0.9]).pvalue
+    assert paired_wilcoxon(a, b) == pytest.approx(expected)
+    assert np.isnan(paired_wilcoxon([0.5, 0.6], [0.5, 0.6]))        # no difference
+    assert np.isnan(paired_wilcoxon([0.5], [0.4]))                  # one pair

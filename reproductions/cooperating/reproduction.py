@@ -608,12 +608,8 @@ def evaluate_pairs_experiment(ctx, trained: dict, result: CooperatingEvaluation)
 
 
 def _wilcoxon(a, b) -> float:
-    from scipy.stats import wilcoxon
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 1 or np.allclose(a[ok], b[ok]):
-        return float("nan")
-    return float(wilcoxon(a[ok], b[ok]).pvalue)
+    from regseg.evaluation.statistics import paired_wilcoxon
+    return paired_wilcoxon(a, b)
 
 
 def toy_median_table(toy: pd.DataFrame) -> pd.DataFrame:

@@ -308,13 +308,8 @@ def _short(key, spec):
 
 
 def _wilcoxon(ours, initial, alternative):
-    from scipy import stats
-
-    ours, initial = np.asarray(ours, float), np.asarray(initial, float)
-    keep = np.isfinite(ours) & np.isfinite(initial)
-    if keep.sum() < 2 or np.allclose(ours[keep], initial[keep]):
-        return float("nan")
-    return float(stats.wilcoxon(ours[keep], initial[keep], alternative=alternative).pvalue)
+    from regseg.evaluation.statistics import paired_wilcoxon
+    return paired_wilcoxon(ours, initial, alternative)
 
 
 class Pyramid(Reproduction):
