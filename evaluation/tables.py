@@ -247,6 +247,20 @@ def _is_missing(x) -> bool:
         return False
 
 
+def _is_p_value(label: str) -> bool:
+    """Columns holding p-values (``p``, ``Wilcoxon p``, ``p-value``...)."""
+    low = label.strip().lower()
+    return low == "p" or low.endswith(" p") or low.startswith("p-value") or low.endswith("p-value")
+
+
+def _fmt_p(x) -> str:
+    """A p-value with 2 significant digits (``0.058``, ``3.8e-05``), never rounded to 0."""
+    if _is_missing(x):
+        return "–"
+    x = float(x)
+    return f"{x:.2g}" if x >= 1e-3 or x == 0 else f"{x:.1e}"
+
+
 def _fmt_num(x, digits: int, signed: bool = False) -> str:
     if _is_missing(x):
         return "–"
@@ -307,7 +321,9 @@ def to_markdown(df: pd.DataFrame, *, digits: int = 3) -> str:
 
     Columns ``X mean`` / ``X std`` (and ``mean`` / ``std``) are merged into one
     column ``X`` shown as ``0.706 ± 0.141``; columns ending in ``diff`` get an
-    explicit sign; NaN shows as ``–``. The index is the first column.
+    explicit sign; NaN shows as ``–``; integer columns stay integers; p-value columns (``p``,
+    ``... p``, ``p-value``) get 2 significant digits (``3.8e-05``, never ``0.000``). The index is
+    the first column.
 
     Args:
         df: pandas.DataFrame.
@@ -321,13 +337,17 @@ def to_markdown(df: pd.DataFrame, *, digits: int = 3) -> str:
     index_name = "" if df.index.name is None else str(df.index.name)
     head = [_md_escape(index_name)] + [_md_escape(g[0]) for g in groups]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(groups)) + "|"]
-    for idx, row in df.iterrows():
+    # values read column by column: a row (``iterrows``) would turn integer counts into floats
+    for i, idx in enumerate(df.index):
         cells = [_md_escape(str(idx))]
         for label, mcol, scol in groups:
+            value = df[colmap[mcol]].iloc[i]
             if scol is not None:
-                cells.append(format_mean_std(row[colmap[mcol]], row[colmap[scol]], digits))
+                cells.append(format_mean_std(value, df[colmap[scol]].iloc[i], digits))
+            elif _is_p_value(str(label)) and isinstance(value, (float, np.floating)):
+                cells.append(_fmt_p(value))
             else:
-                cells.append(_fmt_num(row[colmap[mcol]], digits, signed=label.endswith("diff")))
+                cells.append(_fmt_num(value, digits, signed=label.endswith("diff")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

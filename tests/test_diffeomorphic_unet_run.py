@@ -1,6 +1,6 @@
 """End to end: ``run.py --preset smoke`` of the diffeomorphic U-Net on ixi10 and the lung CT
 pair writes Tables 1-3 beside the published values, the lung pair's TRE, the claims and figures;
-the folds test every source once."""
+the folds test every source once (the fold assignment itself: tests/test_training_folds.py)."""
 
 import json
 
@@ -10,20 +10,7 @@ import pytest
 
 from regseg.evaluation.tables import read_result_csv
 from regseg.reproductions.diffeomorphic_unet import published
-from regseg.reproductions.diffeomorphic_unet.reproduction import (CONFIGS, REPRODUCTION,
-                                                                   make_folds)
-
-
-def test_folds_test_every_source_once():
-    folds = make_folds(9, 3)
-    tested = sorted(i for f in folds for i in f["test"])
-    assert tested == list(range(9))
-    for f in folds:
-        assert not set(f["train"]) & set(f["test"]) and not set(f["validation"]) & set(f["test"])
-        assert sorted(f["train"] + f["validation"] + f["test"]) == list(range(9))
-        assert (len(f["train"]), len(f["validation"]), len(f["test"])) == (5, 1, 3)
-    with pytest.raises(ValueError):
-        make_folds(3, 3)
+from regseg.reproductions.diffeomorphic_unet.reproduction import CONFIGS, REPRODUCTION
 
 
 def test_describe_counts_parameters(capsys):

@@ -194,3 +194,14 @@ def test_structure_table_against_hand_values():
     assert np.isnan(t2.at["mean of 2 (no published value)", "A published mean"])
     assert np.isnan(t2.at["z", "A published mean"]) and t2.at["z", "A ours mean"] == 0.9
     assert list(structure_table(per_pair, pub, ["x", "y"], mean_row=None).index) == ["x", "y"]
+
+
+def test_markdown_keeps_integer_counts_and_small_p_values():
+    """Counts stay integers beside float columns; p-values never print as 0.000."""
+    df = pd.DataFrame({"unordered pairs": [20, 7], "mean difference": [0.0081, -0.0114],
+                       "Wilcoxon p": [3.8e-5, 0.0583]},
+                      index=pd.Index(["a - b", "b - c"], name="comparison"))
+    md = tables_mod.to_markdown(df)
+    rows = [line.split(" | ") for line in md.splitlines()[2:]]
+    assert rows[0] == ["| a - b", "20", "0.008", "3.8e-05 |"]
+    assert rows[1] == ["| b - c", "7", "-0.011", "0.058 |"]

@@ -1,8 +1,8 @@
 """Issue 6 pieces of the U-ReSNet reproduction: eq. 6 Dice variants, the LCC window in mm, the
-released Dice rule, deformation statistics in a mask, cross-validation folds, paired tests."""
+released Dice rule, deformation statistics in a mask. The cross-validation folds and the paired
+tests are shared code: tests/test_training_folds.py and tests/test_evaluation_comparison.py."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from regseg.reproductions.ureSnet.model import SegmentationDiceLoss, lcc_window_voxels
@@ -103,29 +103,3 @@ def test_deformation_statistics_inside_the_mask_on_known_folds():
     assert row["SDlogJ Learn2Reg (+3, border crop)"] == pytest.approx(
         metrics.sd_log_jacobian(jac, mask=mask, learn2reg=True))
     assert row["SDlogJ non-folded"] < row["SDlogJ"]
-
-
-def test_cross_validation_folds_are_disjoint(ixi10_root):
-    from regseg.datasets import ixi10_splits
-    from regseg.reproductions.ureSnet.reproduction import cross_validation_splits
-    cv = cross_validation_splits(ixi10_splits(ixi10_root.parent), 2)
-    tested = []
-    for fold in cv.folds:
-        train, test = set(fold.train.subject_ids), set(fold.test.subject_ids)
-        assert len(train) == 5 and len(test) == 5 and not train & test
-        assert len(fold.validation) == 0
-        tested += list(test)
-    assert len(set(tested)) == 10
-
-
-def test_paired_comparison_on_hand_data():
-    from regseg.reproductions.ureSnet.reproduction import paired_comparison, unordered
-    idx = ["a->b", "b->a", "a->c", "c->a", "b->c", "c->b"]
-    a = pd.DataFrame({"s": [0.6, 0.8, 0.5, 0.5, 0.9, 0.7]}, index=idx)
-    b = pd.DataFrame({"s": [0.5, 0.5, 0.4, 0.4, 0.6, 0.6]}, index=idx)
-    assert unordered(a)["s"].to_dict() == pytest.approx({"a<->b": 0.7, "a<->c": 0.5,
-                                                         "b<->c": 0.8})
-    r = paired_comparison({"A": a, "B": b}, "A", "B")
-    assert r["unordered pairs"] == 3 and r["mean difference"] == pytest.approx(0.5 / 3)  # 0.2, 0.1, 0.2
-    assert 0.1 - 1e-9 <= r["bootstrap 95% CI low"] <= 0.5 / 3 <= r["bootstrap 95% CI high"] <= 0.2 + 1e-9
-    assert 0 < r["Wilcoxon p"] <= 1

@@ -117,6 +117,8 @@ class RunContext:
     timings: dict = field(default_factory=dict)
     changes: dict = field(default_factory=dict)
     start: float = field(default_factory=time.time)
+    #: the cross-validation fold being trained (:func:`regseg.training.folds.fit_folds`), else None
+    fold: object = None
 
     @property
     def seed(self) -> int:
@@ -264,7 +266,7 @@ def random_pairs_plan(ctx: RunContext, mapping: Callable, schedule: Callable) ->
     Each epoch pairs two permutations of the training subjects
     (:func:`~regseg.training.pairs.training_pairs`, ``preset.pairs_per_epoch`` pairs, default one
     pass); validation pairs are ``i -> i+1`` (a single validation subject is paired with the first
-    training subject).
+    training subject; no validation subject, as in a cross-validation fold: no validation).
     """
     from regseg.training.pairs import pair_dataset, training_pairs, validation_pairs
 
@@ -285,7 +287,7 @@ def random_pairs_plan(ctx: RunContext, mapping: Callable, schedule: Callable) ->
         vsrc, vpairs = (splits.validation, splits.train), np.array([[0, 0]])
     replicas = ctx.strategy.num_replicas_in_sync
     validation = (pair_dataset(vsrc, vpairs, min(preset.batch_size, len(vpairs)), mapping)
-                  if len(vpairs) >= replicas else None)
+                  if len(splits.validation) and len(vpairs) >= replicas else None)
     return TrainingPlan(make_train, per_epoch // preset.batch_size, preset.epochs, schedule,
                         validation)
 

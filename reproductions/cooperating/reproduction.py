@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from regseg.evaluation.pairs import PairEvaluation
+from regseg.training.folds import fit_folds, fold_registrars
 from regseg.training.runner import DatasetSpec, Method, Preset, Reproduction, Table
 
 from . import published
@@ -477,12 +478,12 @@ class PairsMethod(Method):
         seg, reg = (e * spe for e in p.pairs_pretrain_epochs)
         joint = p.epochs * spe
         config = pairs_config(ctx, self.kind)
-        out = {}
-        for held_out, train, _ in data.folds:
-            print(f"\n--- {self.key}: fold without {held_out} ({len(train)} training pairs)",
-                  flush=True)
+        kind = "cooperating" if self.kind == "cooperating" else "segmentor"
 
-            def make(first_epoch, train=train):
+        def fit_one(ctx, folder):
+            held_out, train, _ = ctx.fold
+
+            def make(first_epoch):
                 return pairs_training_dataset(train, ctx.seed, p.batch_size, p.pairs_crop_min,
                                               p.pairs_intensity_shift, first_epoch * spe)
 
@@ -490,10 +491,13 @@ class PairsMethod(Method):
                         "train": train.subject_ids, "recipe": train.recipe.to_dict(),
                         "batch": p.batch_size, "steps_per_epoch": spe,
                         "crop_min": p.pairs_crop_min, "shift": p.pairs_intensity_shift}
-            kind = "cooperating" if self.kind == "cooperating" else "segmentor"
-            out[held_out] = train_model(ctx, Path(run_dir) / f"fold-{held_out}", config,
-                                        _stages_for(kind, (seg, reg), joint), make, spe, settings)
-        return out
+            return train_model(ctx, folder, config, _stages_for(kind, (seg, reg), joint), make,
+                               spe, settings)
+
+        # one model per fold, <run>/<method>/fold-<held-out patient(s)>
+        return fit_folds(fit_one, ctx, run_dir, data.folds, names=[g for g, _, _ in data.folds],
+                         layout="{method}/fold-{name}",
+                         describe=lambda fold: f"without {fold[0]}, {len(fold[1])} training pairs")
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -562,14 +566,13 @@ def evaluate_pairs_experiment(ctx, trained: dict, result: CooperatingEvaluation)
     p = ctx.preset
     ds_opts = {"steps": p.ds_steps, "step_size": p.ds_step_size, "grid_factor": 16}
     rows, seconds, examples = [], [], {}
-    for held_out, _, test in ctx.splits.folds:
+    for f, (held_out, _, test) in enumerate(ctx.splits.folds):
         samples = [test.load(i) for i in range(len(test))]
         arrays = [sample_arrays(s) for s in samples]
         s1 = np.stack([a[2] > 0 for a in arrays])
         s2 = np.stack([a[3] > 0 for a in arrays])
         annotations = relative_similarities(s1, s2, "elastic", **ds_opts)
-        for key, models in trained.items():
-            model = models[held_out]
+        for key, model in fold_registrars(trained, f).items():
             preds = []
             for (x1, x2, _, _), sample in zip(arrays, samples):
                 t0 = time.perf_counter()

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from regseg.datasets.luna16 import TABLES_SPLIT
+from regseg.training.folds import (FOLD_IN_METHOD, Fold, FoldRegistrars, fit_folds,
+                                   fold_registrars, kfold)
 from regseg.training.runner import (DatasetSpec, IdentityMethod, KerasMethod, Preset,
                                     Reproduction, Table, TrainingPlan, ixi10_dataset)
 
@@ -136,8 +138,7 @@ class AtlasData:
     Attributes:
         atlas: the atlas :class:`~regseg.datasets.subjects.Sample` (a training scan, §4.4).
         sources: every other scan, ``load(i)``.
-        folds: ``[{"train": [...], "validation": [...], "test": [...]}]`` indices into
-            ``sources``.
+        folds: :class:`~regseg.training.folds.Fold` s of indices into ``sources``.
         mask: name of the registered mask (label map and mask of every sample).
     """
 
@@ -145,27 +146,6 @@ class AtlasData:
     sources: object
     folds: list
     mask: str
-
-
-def make_folds(n_sources: int, k: int) -> list[dict]:
-    """``k`` folds over ``n_sources`` sources: fold ``j`` tests sources ``j, j + k, ...``.
-
-    Its validation source is the first test source of fold ``j + 1`` (mod ``k``); the others
-    train. Every source is tested exactly once.
-
-    Raises:
-        ValueError: ``k < 2`` or fewer than ``k + 2`` sources.
-    """
-    if k < 2 or n_sources < k + 2:
-        raise ValueError(f"need k >= 2 folds and at least k + 2 sources, got k={k}, "
-                         f"{n_sources} sources")
-    parts = [list(range(j, n_sources, k)) for j in range(k)]
-    folds = []
-    for j in range(k):
-        test, validation = parts[j], [parts[(j + 1) % k][0]]
-        train = [i for i in range(n_sources) if i not in test and i not in validation]
-        folds.append({"train": train, "validation": validation, "test": test})
-    return folds
 
 
 def atlas_data(ctx) -> AtlasData:
@@ -184,11 +164,12 @@ def atlas_data(ctx) -> AtlasData:
     sources = SampleList([train_sources, splits.validation, splits.test])
     n_train, n_val = len(train_sources), len(splits.validation)
     if preset.cv_folds > 1:
-        folds = make_folds(len(sources), preset.cv_folds)
+        # fold j tests sources j, j + k, ...; its validation source is fold j + 1's first test
+        # source; the others train. Every source is tested exactly once.
+        folds = kfold(len(sources), preset.cv_folds, assignment="strided", validation=True)
     else:
-        folds = [{"train": list(range(n_train)),
-                  "validation": list(range(n_train, n_train + n_val)),
-                  "test": list(range(n_train + n_val, len(sources)))}]
+        folds = [Fold(tuple(range(n_train)), tuple(range(n_train, n_train + n_val)),
+                      tuple(range(n_train + n_val, len(sources))))]
     data = AtlasData(train.load(preset.atlas), sources, folds,
                      MASK_OF.get(ctx.dataset_key, "lung"))
     ctx._diffunet_atlas = data
@@ -222,25 +203,6 @@ def _luna16_spec() -> DatasetSpec:
 
 
 # ------------------------------------------------------------------------------ methods
-class FoldRegistrars:
-    """One trained network per fold (cross-validation) and the epochs each ran."""
-
-    def __init__(self, registrars: list, epochs_run: list):
-        self.folds, self.epochs_run = list(registrars), list(epochs_run)
-
-    def register(self, moving, fixed):
-        """The first fold's registration (every fold's network is used by the evaluation)."""
-        return self.folds[0].register(moving, fixed)
-
-
-def _epochs_run(run_dir: Path) -> int:
-    """Rows of ``history.csv`` (the epochs trained, early stopping included)."""
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return 0
-    return max(0, len([line for line in path.read_text().splitlines() if line.strip()]) - 1)
-
-
 def _atlas_plan(ctx, method, config, sources, atlas, validation, epochs) -> TrainingPlan:
     """Every source registered to the atlas once per epoch, in a new order each epoch (§4.4).
 
@@ -336,25 +298,22 @@ class DiffUNetMethod(KerasMethod):
     def training_plan(self, ctx, config):
         from regseg.datasets.augmentation import SampleList
 
-        data, fold = atlas_data(ctx), self._fold
+        data, fold = atlas_data(ctx), ctx.fold
         sub = lambda idx: SampleList([data.sources.load(i) for i in idx])  # noqa: E731
-        return _atlas_plan(ctx, self, config, sub(fold["train"]), data.atlas,
-                           sub(fold["validation"]), ctx.preset.epochs)
+        return _atlas_plan(ctx, self, config, sub(fold.train), data.atlas,
+                           sub(fold.validation), ctx.preset.epochs)
 
     def fit(self, ctx, run_dir):
-        """One network per fold (``fold<k>/`` under ``run_dir`` when cross-validating)."""
-        folds = atlas_data(ctx).folds
-        registrars, epochs = [], []
-        for k, fold in enumerate(folds):
-            self._fold = fold
-            folder = Path(run_dir) / f"fold{k}" if len(folds) > 1 else Path(run_dir)
-            if len(folds) > 1:
-                print(f"--- {self.key}: fold {k + 1}/{len(folds)} ({len(fold['train'])} training "
-                      f"sources) ---", flush=True)
-            registrars.append(KerasMethod.fit(self, ctx, folder))
+        """One network per fold (``fold<k>/`` under ``run_dir``, k from 0, when cross-validating)."""
+        def fit_one(ctx, folder):
+            registrar = KerasMethod.fit(self, ctx, folder)
             _fix_manifest(folder)
-            epochs.append(_epochs_run(folder))
-        return FoldRegistrars(registrars, epochs)
+            return registrar
+
+        folds = atlas_data(ctx).folds
+        return fit_folds(fit_one, ctx, run_dir, folds, names=range(len(folds)),
+                         layout=FOLD_IN_METHOD if len(folds) > 1 else "{method}",
+                         describe=lambda f: f"{len(f.train)} training sources")
 
 
 @dataclass
@@ -429,7 +388,7 @@ class LungPairMethod(DiffUNetMethod):
         _fix_manifest(Path(run_dir), recipe=self._lung.recipe.to_dict(),
                       label_names={"lung": ["lung"]},
                       dataset="lung CT pair (lung_ct_pair_elastix) and lung_ct chest CTs")
-        return FoldRegistrars([registrar], [_epochs_run(run_dir)])
+        return FoldRegistrars([registrar], folders=[run_dir])
 
 
 def _fix_manifest(run_dir: Path, **changes) -> None:
@@ -609,10 +568,9 @@ class DiffeomorphicUNet(Reproduction):
         rows, seconds, examples = [], [], {}
         brain = {k: r for k, r in registrars.items() if k != LUNG_KEY and r is not None}
         for k, fold in enumerate(data.folds):
-            regs = {m: (r.folds[k] if isinstance(r, FoldRegistrars) else r)
-                    for m, r in brain.items()}
+            regs = fold_registrars(brain, k)
             for set_name in ("test", "train"):
-                for i in fold[set_name]:
+                for i in getattr(fold, set_name):
                     ev = evaluate_pairs(
                         regs, [data.sources.load(i), data.atlas], [[0, 1]], structures=data.mask,
                         jacobian_mask=data.mask, pair_metrics=metrics,
@@ -646,7 +604,7 @@ class DiffeomorphicUNet(Reproduction):
         cube = ctx.preset.lung_cube
         labels = {"grid identity": f"identity on the network grids ({cube}³ cubes, no training)",
                   LUNG_KEY: "diffeomorphic U-Net (α = 1e-5)"}
-        ev = evaluate_pairs({"grid identity": IdentityRegistrar(), LUNG_KEY: registrar.folds[0]},
+        ev = evaluate_pairs({"grid identity": IdentityRegistrar(), LUNG_KEY: registrar[0]},
                             [mov, fix], [[0, 1]], structures="lung", jacobian_mask="lung",
                             pair_metrics=pair_metrics("lung"),
                             nifti_dir=ctx.out_dir / "nifti" / "lung_pair")
@@ -700,9 +658,9 @@ class DiffeomorphicUNet(Reproduction):
         epochs = {k: v for k, v in evaluation.epochs_run.items()}
         return {"atlas": data.atlas.subject_id,
                 "folds": f"{len(folds)} (" + "; ".join(
-                    f"train {len(f['train'])} / validation {len(f['validation'])} / test "
-                    f"{len(f['test'])}" for f in folds) + ")",
-                "test pairs": f"{sum(len(f['test']) for f in folds)} sources -> atlas",
+                    f"train {len(f.train)} / validation {len(f.validation)} / test "
+                    f"{len(f.test)}" for f in folds) + ")",
+                "test pairs": f"{sum(len(f.test) for f in folds)} sources -> atlas",
                 "epochs run (per fold)": "; ".join(f"{k}: {v}" for k, v in epochs.items())}
 
     def _config_table(self, ctx, evaluation, keys, published_table):

@@ -11,8 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from regseg.datasets.subjects import Splits
-
+from regseg.training.folds import cross_validation_splits, fit_folds, fold_registrars
 from regseg.training.runner import (IdentityMethod, KerasMethod, Preset, Reproduction, Table,
                                     demo_dataset, folder_dataset, ixi10_dataset, oasis3_dataset)
 
@@ -37,8 +36,16 @@ class UReSNetPreset(Preset):
     folds: int = 0
 
 
-#: epochs of the quick preset (5 pairs each, batch 1), chosen from the measured step time
-QUICK_EPOCHS = 40
+#: epochs of the quick preset (5 pairs each, batch 1), chosen from the measured step time so
+#: that the preset stays within 25 min on 2 cores (13.9 min measured at 40 epochs, 11.9 of them
+#: training: about 15.6 s per epoch for both networks and both folds)
+QUICK_EPOCHS = 64
+#: §4 halves the rate "every 15 epochs" of 520 OASIS-3 training subjects at batch 4 (§3.5):
+#: every 15 * 520 / 4 = 1,950 optimiser steps. The quick preset counts the same optimiser steps
+#: (5 per epoch), so it halves every 390 epochs, i.e. never within its QUICK_EPOCHS * 5 steps,
+#: exactly as the paper's schedule over its first QUICK_EPOCHS * 5 steps. (Scaling the halving
+#: to the run instead cut the rate 32-fold within 200 steps and the networks learnt nothing.)
+PAPER_HALVING_STEPS = 15 * 520 // 4
 
 PRESETS = {
     "paper": UReSNetPreset("paper", "oasis3", 80, 4, split_sizes=(520, 67, 156),
@@ -47,17 +54,17 @@ PRESETS = {
                                        "halved every 15 epochs, 80 epochs (paper §3.5, §4)"),
     # 2-fold cross-validation on ixi10 (issue 6): 5 training / 5 test subjects per fold, no
     # validation subject, all 20 ordered test pairs per fold. Both networks take the same optimiser
-    # steps (QUICK_EPOCHS x 5 pairs, batch 1); the learning rate follows §4's halving every 15 of 80
-    # epochs *scaled to the run* (halved every 15/80 of its epochs), a scaled schedule, not §4's.
+    # steps (QUICK_EPOCHS x 5 pairs, batch 1); the learning rate follows §4's halving counted in
+    # optimiser steps (PAPER_HALVING_STEPS), which the quick preset never reaches.
     "quick": UReSNetPreset("quick", "ixi10", QUICK_EPOCHS, 1, pairs_per_epoch=5,
-                           halve_every=max(1, round(QUICK_EPOCHS * 15 / 80)), folds=2,
+                           halve_every=PAPER_HALVING_STEPS // 5, folds=2,
                            description=f"ixi10 (real IXI T1, 2 mm), 2-fold cross-validation: 5 "
                                        f"train / 5 test subjects per fold, no validation; "
                                        f"{QUICK_EPOCHS} epochs of 5 pairs (batch 1, "
                                        f"{QUICK_EPOCHS * 5} optimiser steps per network and fold)"
-                                       f", Adam 1e-3 halved every "
-                                       f"{max(1, round(QUICK_EPOCHS * 15 / 80))} epochs (§4's "
-                                       f"15/80 scaled); <= 25 min on 2 cores"),
+                                       f", Adam 1e-3 halved every {PAPER_HALVING_STEPS:,} "
+                                       f"optimiser steps as §4 (15 epochs x 520 subjects / batch "
+                                       f"4), so constant here; <= 25 min on 2 cores"),
     "smoke": UReSNetPreset("smoke", "ixi10", 1, 1, pairs_per_epoch=2,
                            description="end-to-end check for the tests: 1 epoch of 2 pairs"),
 }
@@ -66,32 +73,6 @@ PRESETS = {
 def _lcc_window_voxels(window_mm, spacing):
     from .model import lcc_window_voxels
     return lcc_window_voxels(window_mm, spacing)
-
-
-class FoldRegistrars(list):
-    """One registrar per cross-validation fold (index = fold - 1)."""
-
-
-def _fit_folds(base_fit, ctx, run_dir):
-    """``base_fit`` once per fold of ``ctx.splits.folds`` into ``<run>/fold<k>/<method>``."""
-    folds = getattr(ctx.splits, "folds", None)
-    if not folds:
-        return base_fit(ctx, run_dir)
-    whole, regs = ctx.splits, FoldRegistrars()
-    try:
-        for k, split in enumerate(folds, 1):
-            ctx.splits = split
-            print(f"--- fold {k}/{len(folds)}: train {len(split.train)}, test {len(split.test)}",
-                  flush=True)
-            regs.append(base_fit(ctx, run_dir.parent / f"fold{k}" / run_dir.name))
-    finally:
-        ctx.splits = whole
-    return regs
-
-
-class RigidMethod(IdentityMethod):
-    def fit(self, ctx, run_dir):
-        return _fit_folds(super().fit, ctx, run_dir)
 
 
 class UReSNetMethod(KerasMethod):
@@ -110,24 +91,8 @@ class UReSNetMethod(KerasMethod):
                 "lcc_window": _lcc_window_voxels(ctx.args.lcc_window_mm, sample.spacing)}
 
     def fit(self, ctx, run_dir):
-        return _fit_folds(super().fit, ctx, run_dir)
-
-    def training_plan(self, ctx, config):
-        from regseg.training.runner import TrainingPlan
-        if len(ctx.splits.validation):
-            return super().training_plan(ctx, config)
-        # no validation subject (cross-validation): random training pairs only
-        from regseg.training.pairs import pair_dataset, training_pairs
-        preset, train = ctx.preset, ctx.splits.train
-        per_epoch = preset.pairs_per_epoch or len(train)
-        pairs = training_pairs(len(train), preset.epochs, ctx.seed, per_epoch)
-        mapping = self.training_mapping(config)
-
-        def make_train(first_epoch):
-            return pair_dataset((train, train), pairs[first_epoch:].reshape(-1, 2),
-                                preset.batch_size, mapping)
-        return TrainingPlan(make_train, per_epoch // preset.batch_size, preset.epochs,
-                            self.schedule(ctx), None)
+        # cross-validation: one network per fold, runs/ureSnet/<preset>-<data>/fold<k>/<method>
+        return fit_folds(super().fit, ctx, run_dir)
 
     def _config(self, config):
         from .model import UReSNetConfig
@@ -167,51 +132,6 @@ class UReSNetMethod(KerasMethod):
         return UReSNetRegistrar(predict_model)
 
 
-def cross_validation_splits(splits, folds: int):
-    """``folds`` folds of all subjects of ``splits`` (sorted by id, contiguous blocks): fold k tests
-    on block k and trains on the others, with no validation subject.
-
-    Returns:
-        :class:`CrossValidationSplits` (its own train/validation/test are fold 1's).
-    Raises:
-        ValueError: fewer than 2 test subjects per fold.
-    """
-    from regseg.datasets.subjects import SubjectDataset
-    base = splits.train
-    subjects = sorted((s for part in (splits.train, splits.validation, splits.test)
-                       for s in part.subjects), key=lambda s: s.subject_id)
-    blocks = np.array_split(np.arange(len(subjects)), folds)
-    if min(len(b) for b in blocks) < 2:
-        raise ValueError(f"{folds} folds of {len(subjects)} subjects: fewer than 2 per fold")
-
-    def make(idx):
-        return SubjectDataset(base.name, base.is_paper_dataset, [subjects[i] for i in idx],
-                              base.recipe, cache=True)
-    result = []
-    for block in blocks:
-        train = [i for i in range(len(subjects)) if i not in set(block.tolist())]
-        result.append(Splits(make(train), make([]), make(block)))
-    return CrossValidationSplits(result[0].train, result[0].validation, result[0].test,
-                                 folds=result)
-
-
-@dataclass
-class CrossValidationSplits(Splits):
-    """Splits holding every fold (``folds``); the runner validates and caches all of them."""
-
-    folds: list = None
-
-    def use_disk_cache(self, cache):
-        from regseg.datasets.cache import PreprocessingCache
-        cache = cache if isinstance(cache, PreprocessingCache) else PreprocessingCache(cache)
-        for f in self.folds:
-            Splits.use_disk_cache(f, cache)
-        return self
-
-    def validate(self, progress=None) -> int:
-        return sum(Splits.validate(f, progress) for f in self.folds)
-
-
 def _normalised(make_spec, recipe_name, folds=False):
     """A dataset spec applying ``--normalisation`` (and the preset's folds) at load time."""
     base = make_spec()
@@ -230,93 +150,12 @@ def _normalised(make_spec, recipe_name, folds=False):
                 from regseg.training.runner import UsageError
                 raise UsageError(f"--dataset {base.key}: no cross-validation folds; use a preset "
                                  f"without folds")
-            splits = cross_validation_splits(splits, k)
+            # contiguous blocks of the subjects sorted by id, no validation subject, at least
+            # 2 test subjects per fold (all ordered pairs among them)
+            splits = cross_validation_splits(splits, k, min_test=2)
         return splits
 
     return replace(base, load=load)
-
-
-def merge_folds(parts, primary="argmax"):
-    """One :class:`~regseg.evaluation.pairs.PairEvaluation` of every fold's, with ``fold`` (pair
-    -> fold number) and ``rule``; ``per_pair_dice()`` holds both Dice rules (a ``rule`` column)."""
-    import pandas as pd
-
-    from regseg.evaluation.pairs import PairEvaluation
-
-    class Merged(PairEvaluation):
-        def per_pair_dice(self):
-            frames = []
-            for rule, dice in ((self.rule, self.dice), *self.dice_rules.items()):
-                for method, df in dice.items():
-                    d = df.copy()
-                    d.insert(0, "method", method)
-                    d.insert(0, "rule", rule)
-                    d.insert(0, "fold", [self.fold[p] for p in d.index])
-                    frames.append(d)
-            return pd.concat(frames).rename_axis("pair") if frames else pd.DataFrame()
-
-    out = Merged()
-    out.rule, out.fold = primary, {}
-    for k, ev in enumerate(parts, 1):
-        out.pairs += ev.pairs
-        out.fold.update({p: k for p in ev.pairs})
-        for name in ("dice", "segmentation", "hd95"):
-            for m, df in getattr(ev, name).items():
-                cur = getattr(out, name)
-                cur[m] = pd.concat([cur[m], df]) if m in cur else df
-        for rule, dice in ev.dice_rules.items():
-            cur = out.dice_rules.setdefault(rule, {})
-            for m, df in dice.items():
-                cur[m] = pd.concat([cur[m], df]) if m in cur else df
-        for name in ("tre", "deformation", "seconds", "extra"):
-            frame = getattr(ev, name)
-            if len(frame):
-                frame = frame.assign(fold=k)
-                setattr(out, name, pd.concat([getattr(out, name), frame], ignore_index=True))
-        for m, ex in ev.examples.items():
-            out.examples.setdefault(m, ex)
-    return out
-
-
-def unordered(df):
-    """Rows ``a->b`` and ``b->a`` averaged into one row ``a<->b`` (sorted ids)."""
-    keys = ["<->".join(sorted(p.split("->"))) for p in df.index]
-    return df.groupby(pd_index(keys, "pair")).mean()
-
-
-def pd_index(values, name):
-    import pandas as pd
-    return pd.Index(values, name=name)
-
-
-def paired_comparison(dice, a, b, seed=0, n_boot=2000):
-    """Paired comparison of methods ``a`` and ``b`` over unordered pairs of the mean Dice over
-    structures: mean difference a - b, Wilcoxon signed-rank p (scipy.stats.wilcoxon, two-sided)
-    and a subject-level bootstrap 95 % CI (subjects resampled with replacement; the mean
-    difference recomputed over the pairs among the drawn subjects, each pair counted as often as
-    both its subjects were drawn; seeded)."""
-    from scipy import stats
-    da, db = unordered(dice[a]).mean(axis=1), unordered(dice[b]).mean(axis=1)
-    d = (da - db).dropna()
-    pairs = [p.split("<->") for p in d.index]
-    subjects = sorted({s for p in pairs for s in p})
-    pos = {s: i for i, s in enumerate(subjects)}
-    ia = np.array([pos[p[0]] for p in pairs])
-    ib = np.array([pos[p[1]] for p in pairs])
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_boot):
-        counts = np.bincount(rng.integers(0, len(subjects), len(subjects)),
-                             minlength=len(subjects))
-        w = counts[ia] * counts[ib]
-        if w.sum():
-            boot.append(float((w * d.values).sum() / w.sum()))
-    p = float(stats.wilcoxon(d.values).pvalue) if len(d) and np.any(d.values != 0) else 1.0
-    lo, hi = np.percentile(boot, [2.5, 97.5]) if boot else (np.nan, np.nan)
-    return {"comparison": f"{a} - {b}", "unordered pairs": len(d), "subjects": len(subjects),
-            "mean difference": float(d.mean()), "Wilcoxon p": p,
-            "bootstrap 95% CI low": float(lo), "bootstrap 95% CI high": float(hi),
-            "pairs where a > b": int((d > 0).sum())}
 
 
 class UReSNet(Reproduction):
@@ -329,7 +168,7 @@ class UReSNet(Reproduction):
 
     def methods(self):
         # "Rigid" (Table 1): §3.5's centre-of-mass translation alone = identity after preprocessing
-        return {"rigid": RigidMethod("rigid", "Rigid"),
+        return {"rigid": IdentityMethod("rigid", "Rigid"),
                 "registration_only": UReSNetMethod("registration_only", "Christodoulidis et al.",
                                                    False),
                 "ureSnet": UReSNetMethod("ureSnet", "U-ReSNet", True)}
@@ -363,6 +202,7 @@ class UReSNet(Reproduction):
     def evaluate(self, ctx, registrars):
         """``evaluate_pairs`` on the test pairs (of every fold), with both Dice rules and the
         deformation statistics inside the fixed image's brain mask."""
+        from regseg.evaluation.comparison import merge_folds
         from regseg.evaluation.pairs import evaluate_pairs
         from regseg.training.pairs import all_ordered_pairs, consecutive_pairs
         labels = {k: m.label for k, m in self.methods().items()}
@@ -374,8 +214,7 @@ class UReSNet(Reproduction):
             test = split.test
             pairs = (all_ordered_pairs if ctx.preset.test_pairs == "all"
                      else consecutive_pairs)(len(test))
-            regs = {labels[m]: (r[k] if isinstance(r, FoldRegistrars) else r)
-                    for m, r in registrars.items()}
+            regs = {labels[m]: r for m, r in fold_registrars(registrars, k).items()}
             mask = "brain" if len(test) and "brain" in test.load(0).masks else None
             ev = evaluate_pairs(regs, test, pairs, segmentation="segmentation",
                                 label_rule=primary, extra_label_rules=(other,),
@@ -404,6 +243,7 @@ class UReSNet(Reproduction):
                 "Dice rule": f"{getattr(evaluation, 'rule', 'argmax')} (Table 1)"}
 
     def _table1(self, dice):
+        from regseg.evaluation.comparison import unordered
         from regseg.evaluation.tables import structure_table
         return structure_table({m: unordered(df) for m, df in dice.items()}, published.TABLE1,
                                published.STRUCTURES, mean_row="mean", published_mean={
@@ -412,6 +252,7 @@ class UReSNet(Reproduction):
     def report(self, ctx, evaluation):
         import pandas as pd
 
+        from regseg.evaluation.comparison import PAIRED_COMPARISON_NOTE, paired_comparison
         from regseg.evaluation.tables import structure_table
         rule = getattr(evaluation, "rule", "argmax")
         note = ("Dice per structure, mean ± std over unordered test pairs (the two directions "
@@ -451,9 +292,8 @@ class UReSNet(Reproduction):
                 "paired_comparison", rows,
                 f"U-ReSNet: paired comparison of the mean registration Dice{ctx.title_suffix}",
                 "Mean over the 15 structures per unordered test pair (directions averaged); "
-                "difference a - b; Wilcoxon signed-rank p over unordered pairs "
-                "(scipy.stats.wilcoxon, two-sided); subject-level bootstrap 95 % CI (subjects "
-                f"resampled, 2000 draws, seed {ctx.seed}). This protocol replaces the paper's "
+                f"difference a - b; {PAIRED_COMPARISON_NOTE}; subject-level bootstrap 95 % CI "
+                f"(subjects resampled, 2000 draws, seed {ctx.seed}). This protocol replaces the paper's "
                 "156 OASIS-3 test subjects with consecutive pairs, which reports no test."))
         if "U-ReSNet" in evaluation.segmentation:
             seg = structure_table({"U-ReSNet": evaluation.segmentation["U-ReSNet"]},
