@@ -20,6 +20,25 @@ Two source label conventions are provided:
     callosum (aseg has no separate labels for them).
   - CSF is DLMUSE 1 (sulcal/extra-cerebral CSF) vs FreeSurfer 24 (CSF, mostly around the brain stem
     and basal cisterns). The two definitions differ in extent; no closer match exists.
+
+* Mindboggle-101 ``labels.DKT31.manual+aseg.nii.gz`` ids (:data:`MINDBOGGLE_TABLE1`, 14 of the 15
+  structures: Mindboggle has no cerebral white-matter label). Its non-cortical labels are the
+  Neuromorphometrics BrainCOLOR labels (the source of DLMUSE too) renumbered to FreeSurfer ids,
+  with the vermis (Neuromorphometrics 71-73) moved to 630-632 and the basal forebrain (75/76) to
+  91/92 (Mindboggle ``mindboggle/mio/labels.py``, ``DKTprotocol``). Ids found in the 15
+  OASIS-TRT-20 files of the shared data: 4, 5, 6, 7, 10-18, 24, 26, 28, 30, 43-46, 49-54, 58, 60,
+  62, 85, 91, 92, 630-632 (72 in 3 subjects, 74 in 1) and the DKT cortex 1002-1035 / 2002-2035.
+  The FreeSurfer ids 8/47 (Cerebellum-Cortex) and 2/41, 3/42 (cerebral white matter, cortex) do
+  not occur. Choices, the same as for DLMUSE:
+
+  - CblmC is 6/45 (Cerebellum-Exterior, Mindboggle's cerebellar cortex) plus the vermis
+    630-632 (DLMUSE CblmC includes the vermis 71-73); 8/47 are listed too, absent in these files.
+  - LV is 4/43; the inferior lateral ventricles 5/44 are NOT included (as DLMUSE 49/50 and
+    FreeSurfer Inf-Lat-Vent).
+  - CeblC is every DKT cortical id, 1000-1035 and 2000-2035 (left and right hemispheres).
+  - Thalamus 10/49, accumbens 26/58, vessel 30/62, optic chiasm 85, basal forebrain 91/92,
+    5th ventricle 72 and 74 are background, as their DLMUSE counterparts are in
+    :data:`DLMUSE_TABLE1`.
 """
 
 from __future__ import annotations
@@ -43,6 +62,7 @@ __all__ = [
     "FREESURFER_SEGMENTATION",
     "DLMUSE_TABLE1",
     "DLMUSE_SEGMENTATION",
+    "MINDBOGGLE_TABLE1",
     "check_structures_present",
 ]
 
@@ -272,6 +292,28 @@ DLMUSE_TABLE1 = LabelMapping(
 )
 #: DLMUSE ids of the 3 segmentation classes (CeblWM, CeblC, LV).
 DLMUSE_SEGMENTATION = DLMUSE_TABLE1.subset(SEGMENTATION_CLASSES)
+
+#: Mindboggle-101 ``labels.DKT31.manual+aseg`` ids of the 14 Table 1 structures it labels (no
+#: CeblWM), in Table 1's order (see the module docstring for the choices).
+MINDBOGGLE_TABLE1 = LabelMapping(
+    names=[s for s in TABLE1_STRUCTURES if s != "CeblWM"],
+    ids={
+        "BS": [16],                        # Brain-Stem
+        "CSF": [24],                       # CSF
+        "CblmC": [6, 45, 8, 47, 630, 631, 632],  # Cerebellum-Exterior (+ -Cortex) + vermis
+        "CblmWM": [7, 46],                 # Left/Right-Cerebellum-White-Matter
+        "Pu": [12, 51],                    # Left/Right-Putamen
+        "VDC": [28, 60],                   # Left/Right-VentralDC
+        "Pa": [13, 52],                    # Left/Right-Pallidum
+        "Ca": [11, 50],                    # Left/Right-Caudate
+        "LV": [4, 43],                     # Left/Right-Lateral-Ventricle (Inf-Lat-Vent 5/44 not)
+        "Hi": [17, 53],                    # Left/Right-Hippocampus
+        "3V": [14],                        # 3rd-Ventricle
+        "4V": [15],                        # 4th-Ventricle
+        "Am": [18, 54],                    # Left/Right-Amygdala
+        "CeblC": _ids(range(1000, 1036), range(2000, 2036)),  # DKT cortex, left and right
+    },
+)
 
 
 def check_structures_present(mapped: np.ndarray, names: Sequence[str], path: str) -> None:

@@ -32,8 +32,9 @@ from .labels import LabelMapping
 from .recipes import MapLabels, MinMax, Recipe
 from .subjects import Splits, Subject, SubjectDataset
 
-__all__ = ["DKT31_REGIONS", "DKT31_FUSED", "PAPER_SUBSETS", "PAPER_BOX_1MM", "mindboggle_folder",
-           "mindboggle_subjects", "mindboggle_recipe", "mindboggle_splits", "mindboggle_name"]
+__all__ = ["DKT31_REGIONS", "DKT31_FUSED", "PAPER_SUBSETS", "PAPER_BOX_1MM", "DKT31_LABELS",
+           "ASEG_LABELS", "mindboggle_folder", "mindboggle_subjects", "mindboggle_recipe",
+           "mindboggle_splits", "mindboggle_name", "mindboggle_ureSnet_recipe"]
 
 #: The 31 DKT cortical regions (protocol id ``k``; left ``1000 + k``, right ``2000 + k``).
 DKT31_REGIONS: dict[str, int] = {
@@ -57,6 +58,9 @@ PAPER_SUBSETS = ("OASIS-TRT-20", "MMRR-21", "HLN-12", "NKI-TRT-20", "NKI-RS-22")
 PAPER_BOX_1MM = (176, 208, 176)
 
 _IMAGE, _LABELS = "t1weighted_brain.nii.gz", "labels.DKT31.manual.nii.gz"
+#: Label files of a subject folder: the manual DKT cortex alone, and the cortex plus the
+#: subcortical labels in FreeSurfer ids (``labels.DKT31.manual+aseg.nii.gz``).
+DKT31_LABELS, ASEG_LABELS = _LABELS, "labels.DKT31.manual+aseg.nii.gz"
 
 
 def mindboggle_folder(root: str | os.PathLike) -> Path:
@@ -74,17 +78,20 @@ def mindboggle_folder(root: str | os.PathLike) -> Path:
         f"<subject>/{_IMAGE} and {_LABELS} (the release's layout)")
 
 
-def mindboggle_subjects(root: str | os.PathLike, subsets=None, exclude=()) -> list[Subject]:
+def mindboggle_subjects(root: str | os.PathLike, subsets=None, exclude=(),
+                        labels: str = DKT31_LABELS) -> list[Subject]:
     """Subjects of the native layout, sorted by id; ``group`` is the subset.
 
     Args:
         root: see :func:`mindboggle_folder`.
         subsets: subset names to keep (default: every ``*_volumes`` folder).
         exclude: subject ids to leave out (e.g. images with problematic labels, §3).
+        labels: the label file of each subject folder (:data:`DKT31_LABELS`, default, or
+            :data:`ASEG_LABELS`), read as the label map ``"labels"``.
 
     Raises:
         FileNotFoundError: no layout, or no subject found.
-        DataError: a subject folder without its image or its manual labels (both named).
+        DataError: a subject folder without its image or its label file (both named).
     """
     folder = mindboggle_folder(root)
     subjects = []
@@ -95,12 +102,12 @@ def mindboggle_subjects(root: str | os.PathLike, subsets=None, exclude=()) -> li
         for subject in sorted(p for p in volumes.iterdir() if p.is_dir()):
             if subject.name in exclude:
                 continue
-            image, labels = subject / _IMAGE, subject / _LABELS
-            for path in (image, labels):
+            image, label_file = subject / _IMAGE, subject / labels
+            for path in (image, label_file):
                 if not path.is_file():
                     raise DataError(f"{path}: missing (Mindboggle-101 subject folder {subject} "
-                                    f"needs {_IMAGE} and {_LABELS})")
-            subjects.append(Subject(subject.name, {"t1": str(image)}, {"labels": str(labels)},
+                                    f"needs {_IMAGE} and {labels})")
+            subjects.append(Subject(subject.name, {"t1": str(image)}, {"labels": str(label_file)},
                                     group=subset))
     if not subjects:
         raise FileNotFoundError(f"{folder}: no subject folders found"
@@ -128,6 +135,38 @@ def mindboggle_recipe(spacing_mm: float = 1.0, box=PAPER_BOX_1MM) -> Recipe:
     return Recipe([AffineToReference(MNI152, float(spacing_mm), tuple(int(b) for b in box)),
                    HistogramMatch(MNI152), MinMax(), MapLabels("labels", classes)],
                   name="DeepAtlas §3 (brain)")
+
+
+def mindboggle_ureSnet_recipe(normalisation: str = "paper") -> Recipe:
+    """U-ReSNet §3.5 preprocessing of the ixi10-trained networks, for Mindboggle-101 subjects.
+
+    The same steps as :func:`~regseg.datasets.ixi10.ixi10_recipe` (the networks' training
+    data) except where the data differ: the images are resampled to 2 mm (ixi10's voxel size;
+    Mindboggle ships 1 mm), and the brain mask is the skull-stripped image itself (``image != 0``,
+    the intensities are non-negative, so ``> 0``) made on the 1 mm grid and resampled nearest
+    neighbour, since Mindboggle has no cerebral white-matter label (ixi10: label > 0). Then skull
+    strip, z-score over the brain, crop :data:`~regseg.datasets.ixi10.IXI10_CROP` (80 x 104 x 88
+    voxels, RAS) around the brain's centre of mass, and the subject's ``labels`` (read from
+    :data:`ASEG_LABELS`) mapped to the 14 Table 1 structures of
+    :data:`~regseg.datasets.labels.MINDBOGGLE_TABLE1` (label map ``structures``; each must
+    be present).
+
+    Args:
+        normalisation: ``"paper"`` or ``"released"``, see
+            :func:`~regseg.datasets.recipes.ureSnet_normalisation` (match the networks' runs).
+    Raises:
+        ValueError: unknown ``normalisation``.
+    """
+    from .ixi10 import IXI10_CROP, IXI10_SPACING_MM
+    from .labels import MINDBOGGLE_TABLE1
+    from .recipes import (CropAroundCentreOfMass, MaskFromImage, Resample, SkullStrip, ZScore,
+                          ureSnet_normalisation)
+
+    recipe = Recipe([MaskFromImage(mask="brain"), Resample(IXI10_SPACING_MM), SkullStrip("brain"),
+                     ZScore(mask="brain"), CropAroundCentreOfMass(IXI10_CROP, mask="brain"),
+                     MapLabels("labels", {"structures": MINDBOGGLE_TABLE1})],
+                    name="U-ReSNet §3.5 on Mindboggle-101 (2 mm, brain = image > 0)")
+    return ureSnet_normalisation(recipe, normalisation)
 
 
 def mindboggle_name(subjects, spacing_mm: float) -> str:

@@ -32,8 +32,10 @@ from .tables import (
 )
 from .figures import DEFAULT_SEG_COLOURS, mid_slices, registration_figure, segmentation_figure
 from .pairs import IdentityRegistrar, PairEvaluation, Registrar, evaluate_pairs, warp_labels
+from .classical import AntsRegistrar  # antspyx is imported only when it registers
 
 __all__ = [
+    "AntsRegistrar",
     "L2R_TRE_INTERPOLATION",
     "dice",
     "folding_fraction",

@@ -362,3 +362,14 @@ def test_a_returned_sampling_grid_is_used_as_is():
     np.testing.assert_allclose(res.dice["grid"].loc["m->f"], [1.0, 1.0, 1.0])
     assert res.tre["TRE mm"].iloc[0] == pytest.approx(0.0, abs=1e-5)
     np.testing.assert_array_equal(res.examples["grid"]["outputs"]["grid"], ident + d)
+
+
+def test_seconds_reported_by_the_registrar_replace_the_call_time():
+    """A registrar's own "seconds" (e.g. a cached registration's original time) is reported."""
+    m, f = _samples(landmarks=False)
+    zero = np.zeros((*SHAPE, 3), np.float32)
+    res = evaluate_pairs({"cached": Returns(displacement=zero, seconds=42.5),
+                          "timed": Returns(displacement=zero)}, [m, f], [[0, 1]])
+    sec = res.seconds.set_index("method")["seconds"]
+    assert sec["cached"] == 42.5
+    assert 0 <= sec["timed"] < 42.5
