@@ -484,7 +484,7 @@ def _rows(set_name, fold, ev) -> list[dict]:
 
 def _claim_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     """§5's claims as paired Wilcoxon signed-rank tests over the test pairs."""
-    from scipy import stats
+    from regseg.evaluation.statistics import paired_wilcoxon
 
     test = metrics[metrics["set"] == "test"]
     comparisons = [
@@ -512,11 +512,10 @@ def _claim_rows(metrics: pd.DataFrame) -> pd.DataFrame:
         if not len(common):
             continue
         for metric, sign in checks:
-            d = (ta.loc[common, metric] - tb.loc[common, metric]).to_numpy(dtype=float)
-            d = d[np.isfinite(d)]
-            p = np.nan
-            if len(d) and np.any(d != 0):
-                p = float(stats.wilcoxon(d).pvalue)
+            va = ta.loc[common, metric].to_numpy(dtype=float)
+            vb = tb.loc[common, metric].to_numpy(dtype=float)
+            d = (va - vb)[np.isfinite(va - vb)]
+            p = paired_wilcoxon(va, vb)  # NaN: fewer than 2 pairs or identical scores
             mean = float(d.mean()) if len(d) else np.nan
             agrees = np.sign(mean) == sign
             verdict = ("no difference (identical scores)" if not np.any(d != 0) else
