@@ -5,7 +5,11 @@
 * the pairs (each subject moving twice and fixed twice);
 * the command on 3 real subjects with the centre-of-mass row only: its pair list, and its Dice
   equal to the Dice computed with numpy on the preprocessed label maps;
-* seconds reported by a registrar (cached ANTs results) replace the measured ones.
+* seconds reported by a registrar (cached ANTs results) replace the measured ones;
+* ``--dataset ixi10`` with the Rigid row only: the pairs are the quick preset's test pairs of
+  each fold (no subject of a fold's training set in them), the Rigid Dice equals the Dice
+  computed with numpy on the preprocessed label maps, and the table is over unordered pairs;
+* the paired comparisons chosen for each dataset, and the unordered Dice table.
 """
 
 from __future__ import annotations
@@ -138,9 +142,109 @@ def test_reported_seconds_replace_the_measured_ones():
 
     wrapped = gen._ReportedSeconds(Cached())
     ev = evaluate_pairs({"cached": wrapped}, samples, [[0, 1], [1, 0]], jacobian_mask="brain")
-    assert (ev.seconds["seconds"] < 7.5).all()
+    # evaluate_pairs itself takes a registrar's own "seconds" (since 0ec9e7c) ...
+    assert ev.seconds["seconds"].tolist() == [7.5, 7.5]
+    # ... and _use_reported_seconds puts them back over measured ones
+    ev.seconds["seconds"] = [0.01, 0.02]
     gen._use_reported_seconds(ev, {"cached": wrapped})
     assert ev.seconds["seconds"].tolist() == [7.5, 7.5]
     table = gen.generalisation_table(ev, ["cached"], identity=["cached"])
     assert table.loc["seconds per pair", "cached mean"] == 7.5
     assert table.loc["mean of 1", "cached mean"] == 1.0 and table.loc["folded %", "cached std"] == 0
+
+
+def _ixi10_ids(ixi10_root):
+    return sorted(p.name[:-len("-T1.nii.gz")] for p in (ixi10_root / "images").glob("*-T1.nii.gz"))
+
+
+@pytest.mark.slow
+def test_ixi10_mode_scores_the_quick_presets_test_pairs(data_root, ixi10_root, tmp_path, capsys):
+    from regseg.datasets import ixi10_splits
+    from regseg.evaluation.comparison import unordered
+
+    out = tmp_path / "classical-ixi10"
+    code = gen.main(["--dataset", "ixi10", "--data-root", str(data_root), "--methods", "com",
+                     "--no-cache", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    per_pair = pd.read_csv(out / "per_pair_dice.csv", index_col=0)
+    assert set(per_pair["method"]) == {"Rigid"} and set(per_pair["rule"]) == {"argmax"}
+
+    # the quick preset's folds, written out independently: the 10 subjects sorted by id in two
+    # contiguous blocks of 5; fold k tests all ordered pairs of block k and trains on the other
+    ids = _ixi10_ids(ixi10_root)
+    assert len(ids) == 10
+    blocks = [ids[:5], ids[5:]]
+    expected = [f"{a}->{b}" for block in blocks for a in block for b in block if a != b]
+    assert list(per_pair.index) == expected and len(expected) == 40
+    assert per_pair["fold"].tolist() == [1] * 20 + [2] * 20
+    for pair, k in per_pair["fold"].items():
+        moving, fixed = pair.split("->")
+        train = set(ids) - set(blocks[k - 1])
+        assert {moving, fixed} <= set(blocks[k - 1]) and not {moving, fixed} & train
+    # ... and the folds the module loads (those the quick preset's networks were trained on)
+    folds = gen.ixi10_folds(data_root).folds
+    assert [f.test.subject_ids for f in folds] == blocks
+    assert [sorted(f.train.subject_ids) for f in folds] == [blocks[1], blocks[0]]
+
+    # Rigid = the Dice of the preprocessed label maps themselves (loaded another way)
+    splits = ixi10_splits(data_root, cache=False)
+    samples = {s.subject_id: s for part in (splits.train, splits.validation, splits.test)
+               for s in (part.load(i) for i in range(len(part)))}
+    moving, fixed = samples[ids[7]], samples[ids[5]]
+    assert moving.shape == fixed.shape == (80, 104, 88)
+    names = list(per_pair.columns[3:])
+    assert len(names) == 15 and names[0] == "BS" and names[-1] == "CeblC"
+    numpy_dice = [_dice(moving.structures, fixed.structures, k + 1) for k in range(15)]
+    np.testing.assert_allclose(per_pair.loc[f"{ids[7]}->{ids[5]}", names].to_numpy(float),
+                               numpy_dice, rtol=1e-12)
+
+    # the table is over the 20 unordered pairs (directions averaged), as Table 1
+    table = pd.read_csv(out / "generalisation_dice.csv", index_col=0, comment="#")
+    means = unordered(per_pair[names]).mean(axis=1)
+    assert len(means) == 20
+    assert table.loc["mean of 15", "Rigid mean"] == pytest.approx(means.mean(), abs=1e-12)
+    assert table.loc["mean of 15", "Rigid std"] == pytest.approx(means.std(ddof=0), abs=1e-12)
+    md = (out / "generalisation_dice.md").read_text()
+    assert "ixi10 (real IXI T1, 2 mm), stand-in for OASIS-3" in md.splitlines()[0]
+    assert "| mean of 15 |" in md and "| SDlogJ | 0.000 ± 0.000 |" in md
+    assert not (out / "paired_comparison.md").exists()  # nothing to compare Rigid with
+    readme = (out / "README.md").read_text()
+    assert "--dataset ixi10" in readme and "commit:" in readme and "wall time:" in readme
+    assert not list(tmp_path.glob(".classical-ixi10*"))
+
+
+def test_ixi10_mode_refuses_pairs():
+    assert gen.main(["--dataset", "ixi10", "--pairs", "4", "--methods", "com"]) == 2
+
+
+def test_paired_comparisons_of_each_dataset():
+    table1 = ["Rigid", "ANTs Affine", "ANTs SyN", "Christodoulidis et al.", "U-ReSNet"]
+    assert gen.comparison_pairs(table1, ixi10=True) == [
+        ("U-ReSNet", "ANTs SyN"), ("U-ReSNet", "ANTs Affine"),
+        ("Christodoulidis et al.", "ANTs Affine"), ("ANTs Affine", "Rigid"),
+        ("ANTs SyN", "Rigid")]
+    assert gen.comparison_pairs(["Rigid", "ANTs SyN"], ixi10=True) == [("ANTs SyN", "Rigid")]
+    assert gen.comparison_pairs(["Rigid"], ixi10=True) == []
+    mindboggle = ["centre-of-mass", "ANTs Affine", "ANTs SyN", "U-ReSNet (fold 1)"]
+    assert gen.comparison_pairs(mindboggle, "centre-of-mass") == [
+        ("U-ReSNet (fold 1)", "ANTs SyN"), ("U-ReSNet (fold 1)", "ANTs Affine"),
+        ("U-ReSNet (fold 1)", "centre-of-mass"), ("ANTs Affine", "centre-of-mass"),
+        ("ANTs SyN", "centre-of-mass")]
+
+
+def test_unordered_table_averages_the_two_directions():
+    from regseg.evaluation.pairs import PairEvaluation
+
+    pairs = ["a->b", "b->a", "a->c"]
+    ev = PairEvaluation(pairs=pairs)
+    ev.dice = {"m": pd.DataFrame({"S": [0.2, 0.4, 0.9]}, index=pd.Index(pairs, name="pair"))}
+    ev.seconds = pd.DataFrame({"pair": pairs, "method": "m", "seconds": [1.0, 2.0, 3.0]})
+    ev.deformation = pd.DataFrame({"pair": pairs, "method": "m", "folding fraction": 0.0,
+                                   "SDlogJ": [0.1, 0.2, 0.3]})
+    table = gen.generalisation_table(ev, ["m"], unordered_dice=True)
+    assert table.loc["S", "m mean"] == pytest.approx(0.6)  # (0.3 + 0.9) / 2
+    assert table.loc["S", "m std"] == pytest.approx(0.3)
+    assert table.loc["seconds per pair", "m mean"] == pytest.approx(2.0)  # ordered
+    assert table.loc["SDlogJ", "m mean"] == pytest.approx(0.2)
+    ordered = gen.generalisation_table(ev, ["m"])
+    assert ordered.loc["S", "m mean"] == pytest.approx(0.5)
