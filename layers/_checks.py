@@ -183,3 +183,47 @@ def check_finite(where: str, name: str, x):
         return _graph_assert(tf.reduce_all(finite), message + "; non-finite values:", x,
                              tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int64)))
     return x
+
+
+# ------------------------------------------------------------------------------ mixed precision
+#
+# Under ``keras.mixed_precision.set_global_policy("mixed_bfloat16")`` (or ``"mixed_float16"``)
+# every layer computes in 16 bits unless told otherwise, and Keras casts its float inputs to that
+# dtype.  A bfloat16 sampling coordinate has 8 significant bits (a step of 1 voxel at 128-255),
+# and losses summed over a volume in 16 bits lose the small terms, so the layers that handle
+# coordinates, displacements and loss terms compute in float32: the convolutions stay in 16 bits.
+
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def compute_float(x):
+    """``x`` as a tensor, float16 / bfloat16 cast to float32 (other dtypes unchanged).
+
+    The losses and regularisers of ``regseg.layers`` call it on their inputs, so that they
+    compute in float32 whatever the mixed-precision policy of the layers feeding them.
+    """
+    import keras
+    from keras import ops
+    x = ops.convert_to_tensor(x)
+    if keras.backend.standardize_dtype(x.dtype) in _HALF_DTYPES:
+        return ops.cast(x, "float32")
+    return x
+
+
+class Float32UnderMixedPrecision:
+    """Mixin for Keras layers that must compute in float32 under a 16-bit global policy.
+
+    ``class L(Float32UnderMixedPrecision, keras.layers.Layer)``: when the layer is built without
+    a ``dtype`` while the global policy computes in float16 or bfloat16 (``mixed_bfloat16``,
+    ``mixed_float16``, ``bfloat16``...), its policy is ``"float32"``: Keras casts its inputs to
+    float32 and its outputs are float32.  Under the default ``"float32"`` policy (or a
+    ``"float64"`` one) nothing changes.  The policy is saved in the layer's config, so a model
+    saved under mixed precision reloads with the same float32 layers.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("dtype") is None:
+            import keras
+            if keras.config.dtype_policy().compute_dtype in _HALF_DTYPES:
+                kwargs["dtype"] = "float32"
+        super().__init__(*args, **kwargs)

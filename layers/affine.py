@@ -24,7 +24,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ._checks import check_batch, check_option, check_rank, float_input
+from ._checks import (Float32UnderMixedPrecision, check_batch, check_option, check_rank,
+                      float_input)
 
 _CENTRES = ("corner", "centre")
 
@@ -114,7 +115,7 @@ def apply_affine_to_grid(parameters, grid, centre="corner", where="apply_affine_
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class AffineComposition(keras.layers.Layer):
+class AffineComposition(Float32UnderMixedPrecision, keras.layers.Layer):
     """Keras layer: ``[parameters (B, n(n+1)), grid (B, *spatial, n)] -> A . [grid; 1]``.
 
     Source: Estienne et al. 2019, §3.1, eq. 1 (``Phi x A``).  Zero parameters

@@ -20,6 +20,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ._checks import Float32UnderMixedPrecision
+
 
 
 def upsample_field(field, factor):
@@ -71,7 +73,7 @@ def _interpolation_matrix(coarse, factor, dtype):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class UpsampleField(keras.layers.Layer):
+class UpsampleField(Float32UnderMixedPrecision, keras.layers.Layer):
     """Keras layer wrapping :func:`upsample_field`.
 
     Input ``(batch, *coarse, C)`` (static or dynamic spatial sizes); output

@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ._checks import compute_float
+
 __all__ = ["normalized_cross_correlation", "NCCLoss"]
 
 
@@ -41,7 +43,7 @@ def normalized_cross_correlation(y_true, y_pred, eps=1e-8):
     >>> round(float(normalized_cross_correlation(a, 3 * a + 1)[0]), 5)
     1.0
     """
-    y_pred = ops.convert_to_tensor(y_pred)
+    y_pred = compute_float(y_pred)  # float32 for float16 / bfloat16 (mixed precision)
     y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
     if (None not in y_true.shape and None not in y_pred.shape
             and tuple(y_true.shape) != tuple(y_pred.shape)):

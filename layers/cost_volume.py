@@ -17,10 +17,11 @@ import itertools
 import keras
 from keras import ops
 
+from . import _xla
 from ._checks import check_batch, check_rank, float_input
 
 
-def cost_volume(fixed, moving, search_range=2, where="cost_volume"):
+def cost_volume(fixed, moving, search_range=2, where="cost_volume", jit_compile=None):
     """Correlate ``fixed`` with shifted ``moving`` features.
 
     Args:
@@ -29,6 +30,9 @@ def cost_volume(fixed, moving, search_range=2, where="cost_volume"):
             bool features are cast to float32.
         search_range: d >= 0, in voxels.
         where: the name that starts error messages (the calling layer's).
+        jit_compile: ``"auto"``, ``True`` or ``False``: compile the backward pass with XLA
+            (module docstring); ``None`` follows :func:`~regseg.layers.set_layers_jit_compile`.
+            Needs a static spatial shape (else uncompiled).
     Returns:
         ``(batch, *spatial, (2d+1)**ndim)``; channel ``k`` corresponds to the
         k-th offset of ``itertools.product(range(-d, d+1), repeat=ndim)``
@@ -42,6 +46,7 @@ def cost_volume(fixed, moving, search_range=2, where="cost_volume"):
     """
     if search_range < 0:
         raise ValueError(f"{where}: search_range must be >= 0, got {search_range}")
+    _xla.check_jit_compile(jit_compile)
     for name, x in (("fixed", fixed), ("moving", moving)):
         check_rank(where, f"the {name} features", x, "(batch, *spatial, channels)",
                    lambda r: r >= 3)
@@ -57,8 +62,24 @@ def cost_volume(fixed, moving, search_range=2, where="cost_volume"):
         raise ValueError(f"{where}: fixed ({dtypes[0]}) and moving ({dtypes[1]}) features have "
                          f"different dtypes (shapes {a}, {b})")
     fixed, moving = check_batch(where, fixed=fixed, moving=moving)
-    ndim = len(a) - 2
     d = int(search_range)
+    if _xla.resolve_jit_compile(jit_compile) and None not in a[1:]:
+        compiled = _xla.compiled_with_gradient(("cost_volume", d), _correlate_static(d),
+                                               compile_forward=False)
+        return compiled(fixed, moving)
+    return _correlate(fixed, moving, d)
+
+
+def _correlate_static(d):
+    def correlate(fixed, moving):
+        return _correlate(fixed, moving, d)
+    return correlate
+
+
+def _correlate(fixed, moving, d):
+    """The per-shift correlation of :func:`cost_volume`, on checked inputs."""
+    a = tuple(fixed.shape)
+    ndim = len(a) - 2
     dynamic = ops.shape(fixed)
     spatial = [s if s is not None else dynamic[1 + i] for i, s in enumerate(a[1:-1])]
     pad = [[0, 0]] + [[d, d]] * ndim + [[0, 0]]
@@ -75,18 +96,23 @@ def cost_volume(fixed, moving, search_range=2, where="cost_volume"):
 class CostVolume(keras.layers.Layer):
     """Keras layer: ``[fixed, moving] -> cost volume`` (see :func:`cost_volume`).
 
-    Args: search_range: d (voxels); 2 in Gunnarsson et al. 2020 §2.3.
+    Args:
+        search_range: d (voxels); 2 in Gunnarsson et al. 2020 §2.3.
+        jit_compile: XLA for the backward pass (see :func:`cost_volume`); ``None`` (default)
+            follows :func:`~regseg.layers.set_layers_jit_compile` at call time.
     """
 
-    def __init__(self, search_range=2, **kwargs):
+    def __init__(self, search_range=2, jit_compile=None, **kwargs):
         super().__init__(**kwargs)
         if search_range < 0:
             raise ValueError(f"search_range must be >= 0, got {search_range}")
         self.search_range = int(search_range)
+        self.jit_compile = _xla.check_jit_compile(jit_compile)
 
     def call(self, inputs):
         fixed, moving = inputs
-        return cost_volume(fixed, moving, self.search_range, where=f"CostVolume {self.name!r}")
+        return cost_volume(fixed, moving, self.search_range, where=f"CostVolume {self.name!r}",
+                           jit_compile=self.jit_compile)
 
     def compute_output_shape(self, input_shape):
         shape = input_shape[0]
@@ -96,4 +122,6 @@ class CostVolume(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(search_range=self.search_range)
+        if self.jit_compile is not None:  # only when set: older configs load unchanged
+            config["jit_compile"] = self.jit_compile
         return config

@@ -23,6 +23,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ._checks import Float32UnderMixedPrecision, compute_float
+
 
 def _spatial_axes(x):
     return tuple(range(1, len(x.shape) - 1))
@@ -75,6 +77,7 @@ def local_cross_correlation(y_true, y_pred, window=9, eps=1e-5):
     Returns:
         ``(batch, *spatial, C)`` map.
     """
+    y_pred = compute_float(y_pred)  # float32 for float16 / bfloat16 (mixed precision)
     y_true = ops.cast(y_true, y_pred.dtype)
     ndim = len(y_pred.shape) - 2
     n = float(window ** ndim)
@@ -115,6 +118,7 @@ class ReconstructionLoss(keras.losses.Loss):
         self.eps = float(eps)
 
     def call(self, y_true, y_pred):
+        y_pred = compute_float(y_pred)
         y_true = ops.cast(y_true, y_pred.dtype)
         axes = tuple(range(1, len(y_pred.shape)))
         loss = 0.0
@@ -160,6 +164,7 @@ def soft_dice(y_true, y_pred, *, include_background, smooth=1e-5):
     >>> np.asarray(soft_dice(t, t, include_background=False)).tolist()
     [[1.0]]
     """
+    y_pred = compute_float(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
     if not include_background:
         y_true = y_true[..., 1:]
@@ -226,7 +231,7 @@ class SoftDiceLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class L1ActivityPenalty(keras.layers.Layer):
+class L1ActivityPenalty(Float32UnderMixedPrecision, keras.layers.Layer):
     """Identity layer adding ``weight * mean_batch( sum |x - value| )`` to the model's losses.
 
     The L1 norm is taken over all non-batch elements of each sample and
@@ -236,7 +241,9 @@ class L1ActivityPenalty(keras.layers.Layer):
     (alpha = 0.1); with ``value=1`` on the spatial gradients it is
     ``beta ||grad Phi - grad Phi_I||_1`` (beta = 1e-11).
 
-    Input/output: any ``(batch, ...)`` tensor, returned unchanged.
+    Input/output: any ``(batch, ...)`` tensor, returned unchanged.  The penalty is computed in
+    float32 (under a mixed-precision policy the layer's policy is float32, see
+    :class:`~regseg.layers._checks.Float32UnderMixedPrecision`).
     """
 
     def __init__(self, weight, value=0.0, **kwargs):
@@ -246,8 +253,9 @@ class L1ActivityPenalty(keras.layers.Layer):
 
     def call(self, x):
         if self.weight:
-            batch = ops.cast(ops.shape(x)[0], x.dtype)
-            self.add_loss(self.weight * ops.sum(ops.abs(x - self.value)) / batch)
+            values = compute_float(x)
+            batch = ops.cast(ops.shape(values)[0], values.dtype)
+            self.add_loss(self.weight * ops.sum(ops.abs(values - self.value)) / batch)
         return x
 
     def compute_output_shape(self, input_shape):

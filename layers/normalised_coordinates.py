@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ._checks import Float32UnderMixedPrecision
+
 __all__ = ["voxel_scale", "normalised_to_voxels", "voxels_to_normalised", "NormalisedToVoxels"]
 
 
@@ -70,7 +72,7 @@ def voxels_to_normalised(displacement, spatial_shape=None):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class NormalisedToVoxels(keras.layers.Layer):
+class NormalisedToVoxels(Float32UnderMixedPrecision, keras.layers.Layer):
     """Layer form of :func:`normalised_to_voxels` for a static spatial shape.
 
     Input ``(batch, D, H, W, 3)`` displacement in ``[-1, 1]`` units; output the same in voxels.

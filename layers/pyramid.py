@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ._checks import check_option
+from ._checks import Float32UnderMixedPrecision, check_option, compute_float
 from .affine import apply_affine_to_grid
 from .losses import local_cross_correlation
 from .regularisers import gradient_penalty
@@ -60,6 +60,7 @@ def normalised_cross_correlation(fixed, warped, *, kind="global", window=9, eps=
     Source: Gunnarsson et al. 2020, eq. 2b.
     """
     check_option("kind", kind, _NCC_KINDS)
+    warped = compute_float(warped)  # float32 for float16 / bfloat16 (mixed precision)
     fixed = ops.cast(fixed, warped.dtype)
     axes = tuple(range(1, len(warped.shape)))
     if kind == "local":
@@ -72,7 +73,7 @@ def normalised_cross_correlation(fixed, warped, *, kind="global", window=9, eps=
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class NegativeNCC(keras.layers.Layer):
+class NegativeNCC(Float32UnderMixedPrecision, keras.layers.Layer):
     """``[fixed, warped] -> -NCC`` per sample, shape ``(batch,)`` (eq. 2b without gamma).
 
     Args:
@@ -102,7 +103,7 @@ class NegativeNCC(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class AffineDisplacement(keras.layers.Layer):
+class AffineDisplacement(Float32UnderMixedPrecision, keras.layers.Layer):
     """Module A of the pyramid: an affine composed with a displacement field.
 
     Call ``AffineDisplacement(...)([parameters, displacement])`` with ``parameters``
@@ -174,6 +175,7 @@ def soft_dice_present(y_true, y_pred, smooth=1e-5):
 
     Source: Gunnarsson et al. 2020, eq. 2a; Milletari et al. 2016 (V-Net).
     """
+    y_pred = compute_float(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)[..., 1:]
     y_pred = y_pred[..., 1:]
     axes = tuple(range(1, len(y_pred.shape) - 1))
@@ -187,7 +189,7 @@ def soft_dice_present(y_true, y_pred, smooth=1e-5):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class PresentLabelsDiceLoss(keras.layers.Layer):
+class PresentLabelsDiceLoss(Float32UnderMixedPrecision, keras.layers.Layer):
     """``[S_f, S_m o phi] -> 1 - soft_dice_present`` per sample, ``(batch,)`` (eq. 2a / lambda).
 
     See :func:`soft_dice_present`; inputs ``(batch, *spatial, K)`` one-hot / warped one-hot.
@@ -211,7 +213,7 @@ class PresentLabelsDiceLoss(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class MeanSquare(keras.layers.Layer):
+class MeanSquare(Float32UnderMixedPrecision, keras.layers.Layer):
     """``x -> mean over non-batch axes of x^2``, ``(batch,)``.
 
     On ``phi_a - phi_0`` (``phi_0 = 0``) it is eq. 2c's ``||phi_a - phi_0||_2^2`` per voxel and
@@ -226,7 +228,7 @@ class MeanSquare(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class GradientPenalty(keras.layers.Layer):
+class GradientPenalty(Float32UnderMixedPrecision, keras.layers.Layer):
     """``u -> gradient_penalty(u, "l2")``: eq. 2c's ``||grad phi_d||^2`` per sample, ``(batch,)``.
 
     Mean squared forward differences (:func:`~regseg.layers.regularisers.gradient_penalty`),
@@ -241,7 +243,7 @@ class GradientPenalty(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class ZeroField(keras.layers.Layer):
+class ZeroField(Float32UnderMixedPrecision, keras.layers.Layer):
     """``x (batch, *spatial, C) -> zeros (batch, *spatial, ndim)``: the identity displacement.
 
     The coarsest level of the pyramid starts from the identity (no earlier estimate).

@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ._checks import check_option
+from ._checks import check_option, compute_float
 
 _DENOMINATORS = ("source", "warped")
 
@@ -46,6 +46,7 @@ def global_cross_correlation(y_true, y_pred, eps=1e-5):
     Source: Bouabid et al. §5.1 and §5.3 ("Cross-Correlation"); released code
     ``src/losses.py::cross_correlation`` (squared, global).
     """
+    y_pred = compute_float(y_pred)  # float32 for float16 / bfloat16 (mixed precision)
     y_true = ops.cast(y_true, y_pred.dtype)
     axes = _sample_axes(y_pred)
     t = y_true - ops.mean(y_true, axis=axes, keepdims=True)
@@ -106,6 +107,7 @@ def negative_dice(fixed_mask, warped_mask, moving_mask=None, *, denominator="sou
     Source: Bouabid et al., eq. 5 (§4.5).
     """
     check_option("denominator", denominator, _DENOMINATORS)
+    warped_mask = compute_float(warped_mask)  # float32 for float16 / bfloat16 (mixed precision)
     fixed_mask = ops.cast(fixed_mask, warped_mask.dtype)
     axes = _sample_axes(warped_mask)
     intersection = ops.sum(fixed_mask * warped_mask, axis=axes)

@@ -23,13 +23,13 @@ import numbers
 import keras
 from keras import ops
 
-from ._checks import check_option
+from ._checks import check_option, compute_float
 
 _PENALTIES = ("l2", "l1")
 
 
 def _field(displacement, what):
-    displacement = ops.convert_to_tensor(displacement)
+    displacement = compute_float(displacement)  # float32 for float16 / bfloat16 (mixed precision)
     if len(displacement.shape) < 3:
         raise ValueError(f"{what} needs a field (batch, *spatial, ndim) with at least one spatial "
                          f"axis, got shape {tuple(displacement.shape)}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ._checks import check_option, check_rank, float_input
+from ._checks import Float32UnderMixedPrecision, check_option, check_rank, float_input
 
 _ORIGINS = ("zero", "one")
 
@@ -76,7 +76,7 @@ def cumulative_sum_grid(gradients, origin="zero", where="cumulative_sum_grid"):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class PositiveGradients(keras.layers.Layer):
+class PositiveGradients(Float32UnderMixedPrecision, keras.layers.Layer):
     """Map unconstrained network outputs to spatial gradients ``2 * sigmoid(x)``.
 
     Input/Output ``(batch, *spatial, ndim)``; the output lies in ``(0, 2)``
@@ -96,7 +96,7 @@ class PositiveGradients(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="regseg")
-class CumulativeSumGrid(keras.layers.Layer):
+class CumulativeSumGrid(Float32UnderMixedPrecision, keras.layers.Layer):
     """Keras layer wrapping :func:`cumulative_sum_grid`.
 
     Input: spatial gradients ``(batch, *spatial, ndim)`` (e.g. the output of

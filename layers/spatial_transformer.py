@@ -17,20 +17,104 @@ of the registration pyramid (Gunnarsson et al. 2020, module W) and of the
 diffeomorphic U-Net (Bouabid et al.).
 
 Written with ``keras.ops`` only, so it runs on every Keras backend.
+
+Implementations and XLA (issue 11)
+----------------------------------
+Two samplers compute the same values (to float rounding, ~1e-7):
+
+* ``"reference"``: one gather per cell corner (``2**ndim`` gathers of the flattened image), the
+  gradient by automatic differentiation.  The only sampler before issue 11; the fastest without
+  XLA, and under XLA for images of several channels.
+* ``"fused"``: the image is first expanded into a table holding, for every voxel, the values of
+  its ``2**ndim`` cell corners (edge-replicated for ``"border"``, zero-padded for ``"zeros"``), so
+  that the sampling is **one** gather of one row per output voxel.  Linear interpolation only
+  (``"nearest"`` is already one gather and always uses the reference sampler); needs a static
+  spatial shape.  The fastest under XLA for single-channel images (the table is ``2**ndim`` times
+  the image, which stops paying from two channels on).
+
+``jit_compile`` compiles the warp alone with XLA (TensorFlow backend), backward pass included
+(:mod:`regseg.layers._xla`).  ``"auto"`` (the default) compiles when the warp runs inside a
+TensorFlow graph (``Model.fit`` / ``predict``, ``tf.function``) and op determinism is off; eager
+calls run the reference sampler uncompiled (exactly as before).  ``implementation="auto"`` (the
+default) picks the fused sampler for a compiled single-channel warp, the reference sampler
+otherwise.  Measured
+on 2 CPU cores (``benchmarks/run.py``): at 128^3, one channel, forward+backward about 4x faster
+than the reference sampler without XLA and about 2x faster than PyTorch's ``grid_sample``; at
+80x104x88 with 4 channels the compiled reference sampler is about 3x faster than uncompiled.
+Change the process-wide defaults with :func:`set_warp_defaults` (the sampler) and
+:func:`~regseg.layers.set_layers_jit_compile` (XLA, shared with the cost volume; ``False`` keeps
+XLA out entirely), or per call / per layer with the ``implementation`` and ``jit_compile``
+arguments.  ``implementation="reference", jit_compile=False`` is exactly the warp before issue
+11.  Other backends ignore ``jit_compile``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 
 import keras
 from keras import ops
 
-from ._checks import check_batch, check_finite as _check_finite, check_option, float_input
+from . import _xla
+from ._checks import (Float32UnderMixedPrecision, check_batch, check_finite as _check_finite,
+                      check_option, float_input)
 
 _INTERPOLATIONS = ("linear", "nearest")
 _PADDINGS = ("border", "zeros")
 _FIELDS = ("sampling_grid", "displacement")
+_IMPLEMENTATIONS = ("auto", "fused", "reference")
+_HALF = ("float16", "bfloat16")
+
+#: process-wide default sampler of :func:`warp` and :class:`SpatialTransformer` (see
+#: :func:`set_warp_defaults`; the XLA default is shared: :func:`_xla.set_layers_jit_compile`)
+_DEFAULTS = {"implementation": "auto"}
+
+
+def warp_defaults() -> dict:
+    """The process-wide defaults ``{"implementation": ..., "jit_compile": ...}`` of the warp
+    (``jit_compile`` is the layers' shared XLA default)."""
+    return {**_DEFAULTS, "jit_compile": _xla.layers_jit_compile()}
+
+
+def set_warp_defaults(*, implementation=None, jit_compile=None) -> dict:
+    """Set the process-wide defaults used when a call or a layer leaves them unset (``None``).
+
+    Args:
+        implementation: ``"auto"`` (``"fused"`` for a single-channel warp compiled with XLA,
+            else ``"reference"``), ``"fused"`` or ``"reference"``; ``None`` keeps the current
+            value.
+        jit_compile: ``"auto"`` (XLA inside TensorFlow graphs unless op determinism is on),
+            ``True`` (always, eager calls included) or ``False`` (never); ``None`` keeps it.
+            This is the XLA default shared with the cost volume
+            (:func:`~regseg.layers.set_layers_jit_compile`).
+    Returns:
+        The previous defaults (a dict to pass back as ``set_warp_defaults(**previous)``).
+    Raises:
+        ValueError: a value outside those listed (naming the option).
+
+    >>> previous = set_warp_defaults(jit_compile=False)
+    >>> warp_defaults()["jit_compile"], set_warp_defaults(**previous)["jit_compile"]
+    (False, False)
+    """
+    previous = warp_defaults()
+    if implementation is not None:
+        _DEFAULTS["implementation"] = check_option("implementation", implementation,
+                                                   _IMPLEMENTATIONS)
+    if jit_compile is not None:
+        _xla.set_layers_jit_compile(jit_compile)
+    return previous
+
+
+@contextlib.contextmanager
+def warp_options(*, implementation=None, jit_compile=None):
+    """Context manager: :func:`set_warp_defaults` inside the ``with`` block, restored after."""
+    previous = set_warp_defaults(implementation=implementation, jit_compile=jit_compile)
+    try:
+        yield warp_defaults()
+    finally:
+        set_warp_defaults(**previous)
 
 
 def identity_grid(spatial_shape, dtype="float32"):
@@ -91,7 +175,8 @@ def _prepare(where, image, grid, grid_name, check_finite):
     return image, grid
 
 
-def warp(image, grid, *, interpolation="linear", padding="border", check_finite=False):
+def warp(image, grid, *, interpolation="linear", padding="border", check_finite=False,
+         implementation=None, jit_compile=None):
     """Sample ``image`` at the voxel coordinates ``grid`` (batched, any ndim).
 
     Args:
@@ -111,9 +196,15 @@ def warp(image, grid, *, interpolation="linear", padding="border", check_finite=
             (equals ``map_coordinates(mode="grid-constant", cval=0)``, and
             PyTorch ``grid_sample(padding_mode="zeros", align_corners=True)``).
         check_finite: raise if ``grid`` holds NaN or ±Inf (see below).  Off by default.
+        implementation: ``"auto"``, ``"fused"`` or ``"reference"`` (module docstring); ``None``
+            follows :func:`set_warp_defaults` (``"auto"``).
+        jit_compile: ``"auto"``, ``True`` or ``False``: compile the warp alone with XLA (module
+            docstring); ``None`` follows :func:`set_warp_defaults` (``"auto"``).
     Returns:
         ``(batch, *spatial_out, channels)`` tensor, dtype of ``image`` (float32 for integer or
-        bool images).
+        bool images).  float16 and bfloat16 images and grids are sampled in float32 (a 16-bit
+        coordinate cannot address a voxel of a 256-voxel axis to better than one voxel) and the
+        result is cast back to the image's dtype.
     Raises:
         ValueError: unknown ``interpolation`` or ``padding`` (the message names the option and
             its allowed values); and, naming ``warp`` and both shapes: an image that is not
@@ -139,12 +230,49 @@ def warp(image, grid, *, interpolation="linear", padding="border", check_finite=
     """
     check_option("interpolation", interpolation, _INTERPOLATIONS)
     check_option("padding", padding, _PADDINGS)
+    _check_choice(implementation, jit_compile)
     image, grid = _prepare("warp", image, grid, "grid", check_finite)
-    return _sample(image, grid, interpolation, padding)
+    return _sample(image, grid, interpolation, padding, implementation, jit_compile)
 
 
-def _sample(image, grid, interpolation, padding):
-    """The sampling of :func:`warp`, on checked inputs."""
+def _check_choice(implementation, jit_compile):
+    if implementation is not None:
+        check_option("implementation", implementation, _IMPLEMENTATIONS)
+    _xla.check_jit_compile(jit_compile)
+
+
+def _resolve(image, grid, interpolation, implementation, jit_compile):
+    """``(sampler name, compile with XLA)`` for one call (see the module docstring)."""
+    implementation = _DEFAULTS["implementation"] if implementation is None else implementation
+    jit = _xla.resolve_jit_compile(jit_compile)
+    static = all(s is not None for s in image.shape[1:])
+    if interpolation == "nearest" or not static:
+        return "reference", jit
+    if implementation == "auto":
+        compiled = jit or keras.backend.backend() == "jax"
+        implementation = "fused" if compiled and image.shape[-1] == 1 else "reference"
+    return implementation, jit
+
+
+def _sample(image, grid, interpolation, padding, implementation=None, jit_compile=None):
+    """The sampling of :func:`warp`, on checked inputs (dtype rule, sampler, XLA)."""
+    out_dtype = keras.backend.standardize_dtype(image.dtype)
+    if out_dtype in _HALF:
+        image = ops.cast(image, "float32")
+    if keras.backend.standardize_dtype(grid.dtype) in _HALF:
+        grid = ops.cast(grid, "float32")
+    name, jit = _resolve(image, grid, interpolation, implementation, jit_compile)
+    if jit:
+        sample = functools.partial(_SAMPLERS[name], interpolation=interpolation, padding=padding)
+        compiled = _xla.compiled_with_gradient(("warp", name, interpolation, padding), sample)
+        out = compiled(image, grid)
+    else:
+        out = _SAMPLERS[name](image, grid, interpolation, padding)
+    return ops.cast(out, out_dtype) if out_dtype in _HALF else out
+
+
+def _sample_reference(image, grid, interpolation, padding):
+    """The reference sampler: one gather per cell corner (the only sampler before issue 11)."""
     ndim = len(image.shape) - 2
     grid = ops.cast(grid, image.dtype)
     in_shape = ops.shape(image)
@@ -171,15 +299,13 @@ def _sample(image, grid, interpolation, padding):
     if interpolation == "nearest":
         index = 0
         inside = None
-        probe = None
         for i in range(ndim):
             c = coords[i]
             r = ops.floor(c + 0.5)
             if padding == "zeros":
                 ok = ops.logical_and(r >= 0, r <= maxes[i])
                 inside = ok if inside is None else ops.logical_and(inside, ok)
-            r = ops.clip(r, 0, maxes[i])  # finite, or NaN for a NaN coordinate
-            probe = r if probe is None else probe + r
+            r = ops.clip(r, 0, maxes[i])
             # the cast of NaN to int32 is undefined: clip again as integers, so that the gather
             # stays inside the volume (the voxel is made NaN below)
             hi = ops.cast(maxes[i], "int32")
@@ -187,7 +313,7 @@ def _sample(image, grid, interpolation, padding):
         out = _gather(index)
         if padding == "zeros":
             out = out * ops.cast(inside, image.dtype)[..., None]
-        out = out + (probe * 0.0)[..., None]  # + 0, or NaN where a coordinate is NaN
+        out = _propagate_nan(out, grid_flat)
         return ops.reshape(out, (batch, *out_spatial, channels))
 
     lows, fracs, valid = [], [], []
@@ -224,11 +350,82 @@ def _sample(image, grid, interpolation, padding):
             weight = w if weight is None else weight * w
         term = _gather(index) * weight[..., None]
         out = term if out is None else out + term
+    out = _propagate_nan(out, grid_flat)
     return ops.reshape(out, (batch, *out_spatial, channels))
 
 
+def _propagate_nan(out, grid_flat):
+    """``out`` ``(B, M, C)`` made NaN where a coordinate of ``grid_flat`` ``(B, M, ndim)`` is NaN.
+
+    Explicit, because XLA's CPU min / max may return the bound for a NaN operand (so that a
+    clipped NaN coordinate would silently read the edge voxel); the added term is 0 elsewhere.
+    """
+    bad = ops.any(ops.isnan(grid_flat), axis=-1)
+    nan = ops.cast(float("nan"), out.dtype)
+    return out + ops.where(bad, nan, ops.cast(0.0, out.dtype))[..., None]
+
+
+def _sample_fused(image, grid, interpolation, padding):
+    """The fused sampler: one gather of one row of ``2**ndim`` corner values per output voxel.
+
+    Linear interpolation, static spatial shape (the dispatcher sends the rest to
+    :func:`_sample_reference`).  The same values as the reference sampler to float rounding:
+    the same clipped coordinates, fractions and weights; a corner outside the volume reads the
+    edge value (``"border"``: a one-voxel symmetric pad, i.e. edge replication) or 0
+    (``"zeros"``: one voxel of zeros before, two after, so that the reference sampler's
+    validity masks are the padding itself).
+    """
+    if interpolation != "linear":
+        return _sample_reference(image, grid, interpolation, padding)
+    ndim = len(image.shape) - 2
+    sizes = [int(s) for s in image.shape[1:-1]]
+    channels = int(image.shape[-1])
+    corners = 2 ** ndim
+    grid = ops.cast(grid, image.dtype)
+    batch = ops.shape(image)[0]
+    if padding == "border":
+        padded = ops.pad(image, [[0, 0]] + [[0, 1]] * ndim + [[0, 0]], mode="symmetric")
+        extent, offset = sizes, 0          # cell origins 0..s-1
+    else:
+        padded = ops.pad(image, [[0, 0]] + [[1, 2]] * ndim + [[0, 0]])
+        extent, offset = [s + 2 for s in sizes], 1   # cell origins -1..s, shifted by one
+    parts = []
+    for corner in itertools.product((0, 1), repeat=ndim):
+        window = tuple(slice(b, b + n) for b, n in zip(corner, extent))
+        parts.append(padded[(slice(None), *window, slice(None))])
+    # (batch * cells, corners * channels): row = the cell's corner values, corner-major
+    table = ops.reshape(ops.concatenate(parts, axis=-1), (-1, corners * channels))
+    strides = [1] * ndim
+    for i in range(ndim - 2, -1, -1):
+        strides[i] = strides[i + 1] * extent[i + 1]
+    cells = strides[0] * extent[0]
+    out_spatial = ops.shape(grid)[1:-1]
+    grid_flat = ops.reshape(grid, (batch, -1, ndim))
+    index = ops.reshape(ops.arange(batch, dtype="int32") * cells, (-1, 1))
+    weight = None
+    for i in range(ndim):
+        if padding == "border":
+            c = ops.clip(grid_flat[..., i], 0.0, sizes[i] - 1.0)
+        else:
+            c = ops.clip(grid_flat[..., i], -1.0, float(sizes[i]))
+        low = ops.floor(c)
+        frac = c - low
+        # NaN coordinates: the int cast is undefined, the integer clip keeps the gather inside
+        index = index + ops.clip(ops.cast(low, "int32") + offset, 0, extent[i] - 1) * strides[i]
+        w = ops.stack([1.0 - frac, frac], axis=-1)
+        weight = w if weight is None else ops.reshape(weight[..., :, None] * w[..., None, :],
+                                                       (batch, -1, 2 ** (i + 1)))
+    values = ops.take(table, ops.reshape(index, (-1,)), axis=0)
+    values = ops.reshape(values, (batch, -1, corners, channels))
+    out = _propagate_nan(ops.sum(values * weight[..., None], axis=2), grid_flat)
+    return ops.reshape(out, (batch, *out_spatial, channels))
+
+
+_SAMPLERS = {"reference": _sample_reference, "fused": _sample_fused}
+
+
 @keras.saving.register_keras_serializable(package="regseg")
-class SpatialTransformer(keras.layers.Layer):
+class SpatialTransformer(Float32UnderMixedPrecision, keras.layers.Layer):
     """Warp an image with a dense sampling grid or displacement field.
 
     Call: ``SpatialTransformer(...)([image, field])``
@@ -247,6 +444,12 @@ class SpatialTransformer(keras.layers.Layer):
         field: ``"sampling_grid"`` (default) or ``"displacement"``.
         check_finite: raise when the field holds NaN or ±Inf (default False; see :func:`warp`
             for the checks and for what non-finite values give without it).
+        implementation, jit_compile: the sampler and XLA choice of :func:`warp`; ``None``
+            (default) follows :func:`set_warp_defaults` at call time.
+
+    Under a mixed-precision global policy (``mixed_bfloat16``, ``mixed_float16``) the layer
+    computes in float32 (its dtype policy is ``"float32"`` unless ``dtype`` is given): image and
+    field are cast to float32 and the output is float32.
 
     Inputs follow :func:`warp`'s rules: integer and bool images are cast to float32; shapes are
     checked at call time (and by ``compute_output_shape`` while a model is built).
@@ -269,15 +472,18 @@ class SpatialTransformer(keras.layers.Layer):
     """
 
     def __init__(self, interpolation="linear", padding="border", field="sampling_grid",
-                 check_finite=False, **kwargs):
+                 check_finite=False, implementation=None, jit_compile=None, **kwargs):
         super().__init__(**kwargs)
         check_option("interpolation", interpolation, _INTERPOLATIONS)
         check_option("padding", padding, _PADDINGS)
         check_option("field", field, _FIELDS)
+        _check_choice(implementation, jit_compile)
         self.interpolation = interpolation
         self.padding = padding
         self.field = field
         self.check_finite = bool(check_finite)
+        self.implementation = implementation
+        self.jit_compile = jit_compile
 
     def _where(self):
         return f"SpatialTransformer {self.name!r}"
@@ -292,7 +498,8 @@ class SpatialTransformer(keras.layers.Layer):
                 raise ValueError(f"{self._where()}: field='displacement' needs a static spatial "
                                  f"shape, got displacement shape {tuple(field.shape)}")
             field = field + ops.cast(identity_grid(spatial), field.dtype)[None]
-        return _sample(image, field, self.interpolation, self.padding)
+        return _sample(image, field, self.interpolation, self.padding, self.implementation,
+                       self.jit_compile)
 
     def compute_output_shape(self, input_shape):
         image_shape, field_shape = input_shape
@@ -304,4 +511,9 @@ class SpatialTransformer(keras.layers.Layer):
         config = super().get_config()
         config.update(interpolation=self.interpolation, padding=self.padding, field=self.field,
                       check_finite=self.check_finite)
+        # only when set, so that configs stay loadable by versions without these options
+        if self.implementation is not None:
+            config["implementation"] = self.implementation
+        if self.jit_compile is not None:
+            config["jit_compile"] = self.jit_compile
         return config
