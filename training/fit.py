@@ -51,6 +51,40 @@ class SettingsMismatch(ValueError):
     """``--resume`` with settings other than the run's (the message names each difference)."""
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training loss became NaN or infinite (the message names the loss, epoch and step)."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise :class:`NonFiniteLoss` at the first NaN or infinite ``*loss`` value of a batch.
+
+    Unlike ``keras.callbacks.TerminateOnNaN`` it raises, so no checkpoint, backup or final
+    weights of the broken epoch are written and an earlier epoch's backup stays the one
+    ``--resume`` continues from.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        import numpy as np
+
+        for key, value in (logs or {}).items():
+            if key.endswith("loss"):
+                value = float(np.asarray(value))
+                if not math.isfinite(value):
+                    from regseg.training.performance import current
+                    raise NonFiniteLoss(
+                        f"training loss {key!r} is {value} at epoch {self._epoch + 1}, step "
+                        f"{batch + 1} (precision {current()['precision']}); lower the learning "
+                        f"rate or use --precision float32; --resume continues from the last "
+                        f"finished epoch")
+
+
 BACKUP = "backup"
 _WEIGHTS, _META = "latest.weights.h5", "training_metadata.json"
 
@@ -325,7 +359,9 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
         CheckpointError: unusable backup or settings files (named).
     """
     from regseg.training.distribute import worker_dir
+    from regseg.training.performance import apply_to_model
 
+    apply_to_model(model)  # --jit-compile's whole-step setting
     # several workers: the chief works in run_dir, the others in a private copy of its state
     run_dir = worker_dir(run_dir, getattr(model, "distribute_strategy", None),
                          copy=(SETTINGS, BACKUP, FINAL_WEIGHTS, "checkpoints/epoch_*.weights.h5"))
@@ -347,6 +383,7 @@ def fit(model, make_train_dataset, run_dir, *, epochs, steps_per_epoch, schedule
     backup.history_rows = _rebuild_history(run_dir, first)
     callbacks = [  # the scheduler first, so that the backup's history holds the learning rate
         keras.callbacks.LearningRateScheduler(lambda e, lr: schedule(e)),
+        StopOnNonFiniteLoss(),  # before the backup and checkpoints: nothing of a NaN epoch
         backup,
         EpochCheckpoint(run_dir / "checkpoints"),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=first > 0),

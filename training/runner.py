@@ -60,6 +60,8 @@ class Preset:
         epochs: training epochs.
         batch_size: GLOBAL batch (per-replica batch x replicas).
         description: one line for reports.
+        precision: ``float32`` (the papers') or ``mixed_bfloat16``
+            (:mod:`regseg.training.performance`; ``--precision`` overrides it).
     """
 
     name: str
@@ -67,6 +69,7 @@ class Preset:
     epochs: int
     batch_size: int
     description: str = ""
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,8 @@ def write_run_manifest(run_dir: Path, ctx: RunContext, method: Method, config: d
         "spacing_mm": [float(v) for v in ctx.splits.train.load(0).spacing],
         "dataset": ctx.dataset_name,
         "preset": ctx.preset.name,
+        "precision": ctx.preset.precision,
+        "jit_compile": ctx.args.jit_compile,
         "seed": ctx.seed,
         "commit": git_commit(),
     }
@@ -431,6 +436,15 @@ class Reproduction:
                        help="do not keep preprocessed volumes on disk ($REGSEG_CACHE/preprocessed)")
         p.add_argument("--spacing-range", nargs=2, type=float, metavar=("LO", "HI"),
                        default=None, help="accepted voxel sizes in mm (default 0.1 10)")
+        p.add_argument("--precision", default=None, choices=["float32", "mixed_bfloat16"],
+                       help="numerical precision (default: the preset's, float32 for the papers' "
+                            "presets); mixed_bfloat16 runs the convolutions in bfloat16 and the "
+                            "warps and losses in float32")
+        p.add_argument("--jit-compile", default="auto", choices=["auto", "layers", "on", "off"],
+                       help="XLA: auto = the warp and cost volume compiled in graphs, the step "
+                            "as Keras decides (never under tf.distribute); layers = those layers "
+                            "always; on = the whole training step (try it on GPUs; slow on "
+                            "CPUs); off = never")
         p.add_argument("--cluster", choices=["auto", "none", "slurm", "tf_config"], default="auto",
                        help="several machines (docs/multi_machine.md): tf_config (the cluster of "
                             "$TF_CONFIG), slurm (the tasks of this srun step), none (this machine "
@@ -647,6 +661,8 @@ def run(repro: Reproduction, argv=None) -> RunContext:
         preset = replace(preset, epochs=args.epochs)
     if args.batch_size is not None:
         preset = replace(preset, batch_size=args.batch_size)
+    if args.precision is not None:
+        preset = replace(preset, precision=args.precision)
     ctx = RunContext(repro, args, preset, command=_command(repro, argv),
                      verbose=1 if sys.stdout.isatty() else 2)
     if args.describe:
@@ -661,6 +677,8 @@ def run(repro: Reproduction, argv=None) -> RunContext:
         io_module.SPACING_RANGE_MM = (lo, hi)
     if args.deterministic:
         enable_determinism(ctx.seed)
+    from regseg.training.performance import configure
+    configure(preset.precision, args.jit_compile)
 
     from regseg.training.distribute import describe as describe_strategy
     from regseg.training.distribute import make_strategy
@@ -732,6 +750,8 @@ def _train_evaluate_report(repro: Reproduction, ctx: RunContext, wanted: list[st
         "command": ctx.command,
         "replicas": f"{replicas} ({describe_strategy(ctx.strategy)})",
         "epochs": preset.epochs,
+        "precision": preset.precision,
+        "XLA (--jit-compile)": ctx.args.jit_compile,
         **repro.header(ctx, evaluation),
     }
     if ctx.changes:
@@ -827,10 +847,10 @@ def _exit_code(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, (DataError, FileNotFoundError, PermissionError, NotADirectoryError)):
         return 1, str(exc)
     if "regseg.training.fit" in sys.modules:  # imported lazily: it imports TensorFlow
-        from regseg.training.fit import CheckpointError, SettingsMismatch
+        from regseg.training.fit import CheckpointError, NonFiniteLoss, SettingsMismatch
         if isinstance(exc, SettingsMismatch):
             return 2, str(exc)
-        if isinstance(exc, CheckpointError):
+        if isinstance(exc, (CheckpointError, NonFiniteLoss)):
             return 1, str(exc)
     message = _data_error_in(exc)  # a DataError raised inside a tf.data pipeline, wrapped
     return (1, message) if message is not None else None

@@ -133,7 +133,8 @@ def build_segmentor(config: CooperatingConfig) -> keras.Model:
                 upsample="transposed", activation="relu",
                 normalisation=config.segmentor_normalisation, name="segmentor_unet")
     conv = keras.layers.Conv3D if config.ndim == 3 else keras.layers.Conv2D
-    logits = conv(config.inputs, 1, name="segmentor_logits")(body)
+    # float32 output heads: losses and warps stay float32 under --precision mixed_bfloat16
+    logits = conv(config.inputs, 1, name="segmentor_logits", dtype="float32")(body)
     return keras.Model(inp, logits, name="segmentor")
 
 
@@ -207,11 +208,11 @@ def build_registor(config: CooperatingConfig) -> keras.Model:
             x = conv(f, 3, padding="same", activation="relu", name=f"registor_block{i}_conv{j}")(x)
         x = pool(2, name=f"registor_block{i}_pool")(x)
     coarse = conv(nd, 1, kernel_initializer="zeros", bias_initializer="zeros",
-                  name="registor_field")(x)
+                  name="registor_field", dtype="float32")(x)
     if config.transform == "elastic":
         return keras.Model(masks, coarse, name="registor")
     t = TranslationPooling(config.max_translation, config.translation_pooling,
-                           name="registor_translation")([coarse, masks])
+                           name="registor_translation", dtype="float32")([coarse, masks])
     return keras.Model(masks, t, name="registor")
 
 

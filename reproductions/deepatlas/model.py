@@ -137,8 +137,10 @@ def build_segmentation_network(config: DeepAtlasConfig) -> keras.Model:
              downsample="maxpool", upsample="transposed", negative_slope=config.seg_slope,
              normalisation="batch" if config.seg_batch_norm else None, order="conv-norm-act",
              name="seg")
+    # float32 output head: the softmax and the losses stay float32 under --precision
+    # mixed_bfloat16 (Keras' mixed-precision guide)
     probs = keras.layers.Conv3D(config.n_classes + 1, 1, activation="softmax",
-                                name="seg_classes")(x)
+                                name="seg_classes", dtype="float32")(x)
     model = keras.Model(image, probs, name="segmentation")
     for layer in model.layers:  # PyTorch's batch norm (the released code): momentum 0.1, eps 1e-5
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -162,7 +164,7 @@ def build_registration_network(config: DeepAtlasConfig) -> keras.Model:
              negative_slope=config.reg_slope, name="reg")
     flow = keras.layers.Conv3D(3, 3, padding="same", name="flow",
                                kernel_initializer=keras.initializers.RandomNormal(0.0, 1e-5),
-                               bias_initializer="zeros")(x)
+                               bias_initializer="zeros", dtype="float32")(x)
     return keras.Model([moving, fixed], flow, name="registration")
 
 

@@ -127,7 +127,7 @@ def build_diffeomorphic_unet(config: DiffeomorphicUNetConfig = DiffeomorphicUNet
              downsample="stride", upsample="nearest", negative_slope=LEAKY_SLOPE,
              normalisation="batch", order="conv-act-norm", name="unet")
     logits = keras.layers.Conv3D(
-        3, 3, padding="same", name="flow",
+        3, 3, padding="same", name="flow", dtype="float32",  # float32 head (mixed precision)
         kernel_initializer=keras.initializers.RandomNormal(0.0, config.flow_init_std),
         kernel_regularizer=(keras.regularizers.L1(config.flow_kernel_l1)
                             if config.flow_kernel_l1 else None))(x)
