@@ -446,6 +446,24 @@ def _ants_header(ants, args) -> str:
                 for name, reg in ants.items()))
 
 
+
+def _readme_head(title, command, commit, wall, root, pairs_line) -> list[str]:
+    """The first lines of a results README: title, command, commit, wall time, data, pairs."""
+    return [f"# {title}", "", f"- command: `{command}`", f"- commit: {commit}",
+            f"- wall time: {wall / 60:.1f} min ({wall:.0f} s)", f"- data root: {root}",
+            pairs_line, ""]
+
+
+def _readme_comparison_and_ants(comparison, comparison_note, ants_info, header, args):
+    """The README lines on the paired comparison and the ANTs settings and cache."""
+    lines = ["Paired comparison: " + comparison_note, ""] if comparison is not None else []
+    if ants_info:
+        cache = None if args.no_cache else Path(args.cache)
+        lines += [f"ANTs: {header['ANTs']}. Cache: {cache if cache is not None else 'none'} "
+                  f"(one entry per pair, keyed by the preprocessed images' content, the method "
+                  f"and its parameters).", ""]
+    return lines
+
 def _new_results_folder(out_dir: Path) -> Path:
     results = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(results, ignore_errors=True)
@@ -661,25 +679,16 @@ def _run_mindboggle(args, argv, methods, root, start) -> Path:
                             f"registration Dice — {dataset.name}")
         _write_common(results, evaluation, table, comparison, header, title, note,
                       comparison_title, comparison_note, notes)
-        readme = [f"# {title}", "",
-                  f"- command: `{command}`", f"- commit: {commit}",
-                  f"- wall time: {wall / 60:.1f} min ({wall:.0f} s)",
-                  f"- data root: {root}", f"- pairs: {header['pairs']}: "
-                  + ", ".join(evaluation.pairs), ""]
+        readme = _readme_head(title, command, commit, wall, root,
+                              f"- pairs: {header['pairs']}: " + ", ".join(evaluation.pairs))
         readme += ["Files: `generalisation_dice.md` / `.csv` (the table), "
                    + ("`paired_comparison.md` / `.csv` (networks vs the classical rows, ANTs vs "
                       "centre-of-mass), " if comparison is not None else "")
                    + "`per_pair_dice.csv`, `deformation_statistics.csv`, `seconds_per_pair.csv`.",
                    "", note, ""]
-        if comparison is not None:
-            readme += ["Paired comparison: " + comparison_note, ""]
-        if ants_info:
-            cache = None if args.no_cache else Path(args.cache)
-            readme += [f"ANTs: {header['ANTs']}. Cache: "
-                       f"{cache if cache is not None else 'none'} (one entry per pair, keyed by "
-                       f"the preprocessed images' content, the method and its parameters).", ""]
-        if notes:
-            readme += ["Skipped:", *[f"- {n_}" for n_ in notes], ""]
+        readme += _readme_comparison_and_ants(comparison, comparison_note, ants_info, header,
+                                              args)
+        readme += ["Skipped:", *[f"- {n_}" for n_ in notes], ""] if notes else []
         readme += ["## Preprocessing", "", dataset.recipe.describe(), "",
                    "## Label mapping (Table 1 structures)", "", _mapping_markdown(),
                    "Mindboggle's subcortical labels are the Neuromorphometrics labels renumbered "
@@ -831,11 +840,8 @@ def _run_ixi10(args, argv, methods, root, start) -> Path:
         results = _new_results_folder(out_dir)
         _write_common(results, evaluation, table, comparison, header, title, note,
                       comparison_title, comparison_note, notes)
-        readme = [f"# {title}", "",
-                  f"- command: `{command}`", f"- commit: {commit}",
-                  f"- wall time: {wall / 60:.1f} min ({wall:.0f} s)",
-                  f"- data root: {root}",
-                  f"- test pairs: {header['test pairs']}", ""]
+        readme = _readme_head(title, command, commit, wall, root,
+                              f"- test pairs: {header['test pairs']}")
         readme += ["## Folds", "", "| fold | training subjects (networks) | test subjects | "
                    "ordered test pairs |", "|---|---|---|---:|"]
         readme += [f"| {k} | {', '.join(f.train.subject_ids)} | {', '.join(f.test.subject_ids)} "
@@ -844,13 +850,8 @@ def _run_ixi10(args, argv, methods, root, start) -> Path:
                    + ("`paired_comparison.md` / `.csv`, " if comparison is not None else "")
                    + "`per_pair_dice.csv` (with each pair's `fold`), "
                    "`deformation_statistics.csv`, `seconds_per_pair.csv`.", "", note, ""]
-        if comparison is not None:
-            readme += ["Paired comparison: " + comparison_note, ""]
-        if ants_info:
-            cache = None if args.no_cache else Path(args.cache)
-            readme += [f"ANTs: {header['ANTs']}. Cache: "
-                       f"{cache if cache is not None else 'none'} (one entry per pair, keyed by "
-                       f"the preprocessed images' content, the method and its parameters).", ""]
+        readme += _readme_comparison_and_ants(comparison, comparison_note, ants_info, header,
+                                              args)
         if network_lines:
             readme += ["Networks:", *[f"- {line}" for line in network_lines], ""]
         readme += ["Check against the quick preset's own per-pair Dice "
@@ -858,8 +859,7 @@ def _run_ixi10(args, argv, methods, root, start) -> Path:
                    "pairs and volumes, so Rigid must agree exactly and the networks up to "
                    "floating point when `--runs` holds the networks that made it):",
                    *[f"- {line}" for line in consistency], ""]
-        if notes:
-            readme += ["Skipped:", *[f"- {n_}" for n_ in notes], ""]
+        readme += ["Skipped:", *[f"- {n_}" for n_ in notes], ""] if notes else []
         readme += ["## Preprocessing", "", folds[0].test.recipe.describe(), ""]
         atomic_write_text(results / "README.md", "\n".join(readme))
         replace_folder(results, out_dir)
