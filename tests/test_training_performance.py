@@ -113,3 +113,12 @@ def test_a_nan_loss_stops_training_before_any_checkpoint(tmp_path):
             schedule=lambda e: 0.01, verbose=0)
     assert not (tmp_path / "run" / FINAL_WEIGHTS).exists()
     assert not list((tmp_path / "run").glob("checkpoints/*.weights.h5"))
+
+
+def test_a_run_loads_with_the_precision_it_was_trained_with(toy_runs):
+    for name, policy in (("bf16", "mixed_bfloat16"), ("off", "float32")):
+        run_dir = toy_runs[name][0] / "run" / "toy"
+        registrar = Toy().methods()["toy"].load(run_dir, R.read_run_manifest(run_dir))
+        convs = [l for l in registrar.model.layers if isinstance(l, keras.layers.Conv3D)]
+        assert convs and all(l.dtype_policy.name == policy for l in convs), name
+        assert keras.config.dtype_policy().name == "float32"  # restored after the build

@@ -34,7 +34,10 @@ Both are process-wide, set once by the runner before any model is built:
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS", "JIT_COMPILE_CHOICES", "configure", "current", "apply_to_model"]
+__all__ = ["PRECISIONS", "JIT_COMPILE_CHOICES", "configure", "current", "apply_to_model",
+           "built_with_precision"]
+
+import contextlib
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 JIT_COMPILE_CHOICES = ("auto", "layers", "on", "off")
@@ -88,3 +91,26 @@ def apply_to_model(model) -> None:
         model.jit_compile = value
         if hasattr(model, "train_function"):
             model.train_function = None  # rebuilt with the new setting
+
+
+@contextlib.contextmanager
+def built_with_precision(precision: str):
+    """Build models inside this block under ``precision``'s policy, then restore the previous.
+
+    For loading a trained run with the precision it was trained with (``regseg_run.json``), so
+    that its predictions are the ones its tables were made from. Layers keep the policy they
+    were built with.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    import keras
+
+    previous = keras.config.dtype_policy().name
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -253,8 +253,12 @@ class KerasMethod(Method):
     def load(self, run_dir: Path, manifest: dict):
         from regseg.training.fit import FINAL_WEIGHTS
 
+        from regseg.training.performance import built_with_precision
+
         config = manifest["model_config"]
-        train_model, predict_model = self.build(config)
+        # the precision it was trained and evaluated with (float32 for runs before issue 11)
+        with built_with_precision(manifest.get("precision", "float32")):
+            train_model, predict_model = self.build(config)
         weights = Path(run_dir) / FINAL_WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no trained model in this run folder (training "

@@ -37,9 +37,11 @@ class UReSNetPreset(Preset):
 
 
 #: epochs of the quick preset (5 pairs each, batch 1), chosen from the measured step time so
-#: that the preset stays within 25 min on 2 cores (13.9 min measured at 40 epochs, 11.9 of them
-#: training: about 15.6 s per epoch for both networks and both folds)
-QUICK_EPOCHS = 64
+#: that the preset stays within 25 min on 2 cores: 15.6 s per epoch for both networks and both
+#: folds in float32 (13.9 min measured at 40 epochs, 11.9 of them training); mixed bfloat16
+#: with XLA on the warp makes the steps 1.54x (U-ReSNet) and 1.36x (registration only) faster
+#: (results/benchmarks/cpu-2cores-amd-epyc/quick.md), about 10.6 s per epoch: 100 epochs
+QUICK_EPOCHS = 100
 #: §4 halves the rate "every 15 epochs" of 520 OASIS-3 training subjects at batch 4 (§3.5):
 #: every 15 * 520 / 4 = 1,950 optimiser steps. The quick preset counts the same optimiser steps
 #: (5 per epoch), so it halves every 390 epochs, i.e. never within its QUICK_EPOCHS * 5 steps,
@@ -58,13 +60,15 @@ PRESETS = {
     # optimiser steps (PAPER_HALVING_STEPS), which the quick preset never reaches.
     "quick": UReSNetPreset("quick", "ixi10", QUICK_EPOCHS, 1, pairs_per_epoch=5,
                            halve_every=PAPER_HALVING_STEPS // 5, folds=2,
+                           precision="mixed_bfloat16",  # measured faster (issue 11)
                            description=f"ixi10 (real IXI T1, 2 mm), 2-fold cross-validation: 5 "
                                        f"train / 5 test subjects per fold, no validation; "
                                        f"{QUICK_EPOCHS} epochs of 5 pairs (batch 1, "
                                        f"{QUICK_EPOCHS * 5} optimiser steps per network and fold)"
                                        f", Adam 1e-3 halved every {PAPER_HALVING_STEPS:,} "
                                        f"optimiser steps as §4 (15 epochs x 520 subjects / batch "
-                                       f"4), so constant here; <= 25 min on 2 cores"),
+                                       f"4), so constant here; mixed bfloat16 "
+                                       f"convolutions; <= 25 min on 2 cores"),
     "smoke": UReSNetPreset("smoke", "ixi10", 1, 1, pairs_per_epoch=2,
                            description="end-to-end check for the tests: 1 epoch of 2 pairs"),
 }
