@@ -263,7 +263,8 @@ def _sample(image, grid, interpolation, padding, implementation=None, jit_compil
         grid = ops.cast(grid, "float32")
     name, jit = _resolve(image, grid, interpolation, implementation, jit_compile)
     if jit:
-        sample = functools.partial(_SAMPLERS[name], interpolation=interpolation, padding=padding)
+        sample = functools.partial(_SAMPLERS[name], interpolation=interpolation, padding=padding,
+                                   xla=True)
         compiled = _xla.compiled_with_gradient(("warp", name, interpolation, padding), sample)
         out = compiled(image, grid)
     else:
@@ -271,8 +272,13 @@ def _sample(image, grid, interpolation, padding, implementation=None, jit_compil
     return ops.cast(out, out_dtype) if out_dtype in _HALF else out
 
 
-def _sample_reference(image, grid, interpolation, padding):
-    """The reference sampler: one gather per cell corner (the only sampler before issue 11)."""
+def _sample_reference(image, grid, interpolation, padding, xla=False):
+    """The reference sampler: one gather per cell corner (the only sampler before issue 11).
+
+    ``xla=True`` adds :func:`_propagate_nan` (needed under XLA only); without it this is exactly
+    the warp before issue 11 (the extra ops were measured to make ``--deterministic`` CPU runs
+    differ in the last bits from run to run).
+    """
     ndim = len(image.shape) - 2
     grid = ops.cast(grid, image.dtype)
     in_shape = ops.shape(image)
@@ -299,13 +305,15 @@ def _sample_reference(image, grid, interpolation, padding):
     if interpolation == "nearest":
         index = 0
         inside = None
+        probe = None
         for i in range(ndim):
             c = coords[i]
             r = ops.floor(c + 0.5)
             if padding == "zeros":
                 ok = ops.logical_and(r >= 0, r <= maxes[i])
                 inside = ok if inside is None else ops.logical_and(inside, ok)
-            r = ops.clip(r, 0, maxes[i])
+            r = ops.clip(r, 0, maxes[i])  # finite, or NaN for a NaN coordinate (without XLA)
+            probe = r if probe is None else probe + r
             # the cast of NaN to int32 is undefined: clip again as integers, so that the gather
             # stays inside the volume (the voxel is made NaN below)
             hi = ops.cast(maxes[i], "int32")
@@ -313,7 +321,10 @@ def _sample_reference(image, grid, interpolation, padding):
         out = _gather(index)
         if padding == "zeros":
             out = out * ops.cast(inside, image.dtype)[..., None]
-        out = _propagate_nan(out, grid_flat)
+        if xla:
+            out = _propagate_nan(out, grid_flat)
+        else:
+            out = out + (probe * 0.0)[..., None]  # + 0, or NaN where a coordinate is NaN
         return ops.reshape(out, (batch, *out_spatial, channels))
 
     lows, fracs, valid = [], [], []
@@ -350,7 +361,8 @@ def _sample_reference(image, grid, interpolation, padding):
             weight = w if weight is None else weight * w
         term = _gather(index) * weight[..., None]
         out = term if out is None else out + term
-    out = _propagate_nan(out, grid_flat)
+    if xla:
+        out = _propagate_nan(out, grid_flat)
     return ops.reshape(out, (batch, *out_spatial, channels))
 
 
@@ -365,7 +377,7 @@ def _propagate_nan(out, grid_flat):
     return out + ops.where(bad, nan, ops.cast(0.0, out.dtype))[..., None]
 
 
-def _sample_fused(image, grid, interpolation, padding):
+def _sample_fused(image, grid, interpolation, padding, xla=False):
     """The fused sampler: one gather of one row of ``2**ndim`` corner values per output voxel.
 
     Linear interpolation, static spatial shape (the dispatcher sends the rest to
