@@ -62,22 +62,25 @@ def peak_rss_mb():
     """Peak resident memory of this process, MiB: Linux ``VmHWM`` (since the last
     :func:`reset_peak_rss`), else ``getrusage`` (which on Linux a child inherits from its
     parent across fork and exec, so it is only used where ``/proc`` is missing)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    peak = _proc_status_mib("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2 ** 20
 
 
 def rss_mb():
     """Current resident memory of this process, MiB (Linux ``VmRSS``; None elsewhere)."""
+    return _proc_status_mib("VmRSS")
+
+
+def _proc_status_mib(key):
+    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in MiB; None without it."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return None
