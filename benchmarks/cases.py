@@ -355,7 +355,8 @@ def worker(job: dict) -> list:
         tf.config.threading.set_inter_op_parallelism_threads(int(setting["inter_op_threads"]))
     if setting.get("intra_op_threads"):
         tf.config.threading.set_intra_op_parallelism_threads(int(setting["intra_op_threads"]))
-    rows = _step_rows(job) if job["kind"] == "step" else _inference_rows(job)
+    rows = {"step": _step_rows, "inference": _inference_rows,
+            "runner": _runner_rows}[job["kind"]](job)
     prefix = f"{setting['label']}: " if setting.get("label") else ""
     for row in rows:
         row.update(variant=prefix + row["variant"], setting=job.get("setting", "default"))
@@ -551,6 +552,143 @@ def _inference_rows(job):
             row["paper_cpu_seconds"] = PYRAMID_PAPER_SECONDS["CPU"]
             row["paper_gpu_seconds"] = PYRAMID_PAPER_SECONDS["GPU"]
         rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------- every reproduction, through its runner
+
+#: configurations -> ``training.performance.configure`` arguments (the runner's own switch)
+RUNNER_SETTINGS = {
+    "baseline": ("float32", "off"),
+    "warp_xla": ("float32", "auto"),
+    "step_xla": ("float32", "on"),
+    "bf16": ("mixed_bfloat16", "off"),
+    "bf16_warp_xla": ("mixed_bfloat16", "auto"),
+}
+
+
+def _first_subject_dataset(splits):
+    """The first :class:`~regseg.datasets.SubjectDataset` among ``splits``' parts (the training
+    images read from NIfTI), else None."""
+    from regseg.datasets import SubjectDataset
+
+    seen, todo = set(), [splits]
+    while todo:
+        part = todo.pop(0)
+        if id(part) in seen or part is None:
+            continue
+        seen.add(id(part))
+        if isinstance(part, SubjectDataset):
+            return part
+        for name in ("train", "dataset", "pairs", "datasets", "parts"):
+            value = getattr(part, name, None)
+            if isinstance(value, dict):
+                todo.extend(value.values())
+            elif isinstance(value, (list, tuple)):
+                todo.extend(value)
+            elif value is not None:
+                todo.append(value)
+    return None
+
+
+def _preprocessing_rows(ctx, case, repeats):
+    """Seconds per subject to read and preprocess from NIfTI (the recipe, no cache) against
+    reading the result back from the on-disk preprocessing cache (issue 11's cache)."""
+    import tempfile
+
+    from regseg.datasets import SubjectDataset
+    from regseg.datasets.cache import PreprocessingCache
+
+    source = _first_subject_dataset(ctx.splits)
+    if source is None:
+        return []
+    subjects = source.subjects[:max(1, min(3, len(source.subjects)))]
+    with tempfile.TemporaryDirectory() as folder:
+        fresh = SubjectDataset(source.name, source.is_paper_dataset, subjects, source.recipe)
+        cached = SubjectDataset(source.name, source.is_paper_dataset, subjects, source.recipe,
+                                disk_cache=PreprocessingCache(folder))
+        for i in range(len(subjects)):
+            cached.load(i)  # fills the cache
+        timings = interleaved(
+            {"from NIfTI (read, recipe)": lambda: [fresh.load(i) for i in range(len(subjects))],
+             "from the preprocessing cache": lambda: [cached.load(i)
+                                                      for i in range(len(subjects))]},
+            repeats)
+        shape = "x".join(map(str, fresh.load(0).shape))
+    rows = []
+    for variant, timing in timings.items():
+        timing = {k: v / len(subjects) for k, v in timing.items()}
+        rows.append(dict(section="pipeline", case=case, variant=variant,
+                         measure=f"seconds per subject ({shape})", setting="default", **timing))
+    return rows
+
+
+def _runner_rows(job):
+    """A reproduction's input pipeline and training step as its runner builds them
+    (:func:`regseg.training.runner.prepare`, :meth:`Method.training_setup`), on its data."""
+    import importlib
+
+    import tensorflow as tf
+
+    from regseg.training.performance import configure
+    from regseg.training.runner import prepare
+
+    name, preset, method_keys = job["reproduction"], job["preset"], job["methods"]
+    repeats, batches = int(job["repeats"]), int(job.get("batches", 8))
+    repro = importlib.import_module(f"regseg.reproductions.{name}.reproduction").REPRODUCTION
+    argv = ["--preset", preset, "--no-download", *job.get("args", [])]
+    if job.get("data_root"):
+        argv += ["--data-root", job["data_root"]]
+    t0 = time.perf_counter()
+    ctx, _ = prepare(repro, argv)
+    data_seconds = time.perf_counter() - t0
+    case = f"{name} {preset} ({ctx.dataset_key})"
+    rows = [dict(section="pipeline", case=case, variant="runner: load and check every subject",
+                 measure="seconds (once per run)", seconds=data_seconds,
+                 median_seconds=data_seconds, setting="default", dataset=ctx.dataset_name)]
+    rows += _preprocessing_rows(ctx, case, repeats)
+    methods = repro.methods()
+    steps, memory = {}, {}
+    for key in method_keys:
+        method = methods[key]
+        for config in job["configs"]:
+            configure(*RUNNER_SETTINGS[config])
+            setup = method.training_setup(ctx)
+            iterator = iter(setup.dataset)
+            batch = next(iterator)
+            if config == job["configs"][0]:  # the pipeline alone, after its first batch
+                t0 = time.perf_counter()
+                for _ in range(batches):
+                    tf.nest.map_structure(np.asarray, next(iterator))
+                seconds = (time.perf_counter() - t0) / batches
+                rows.append(dict(section="pipeline", case=case, method=key, config=config,
+                                 variant=f"{key}: training batches ({setup.batch_size} per batch"
+                                         f"{', ' + setup.description if setup.description else ''})",
+                                 measure="seconds per batch", seconds=seconds,
+                                 median_seconds=seconds, batch_size=setup.batch_size,
+                                 setting="default"))
+            model = setup.model
+            model.make_train_function()
+
+            def fn(model=model, batch=batch):  # one step of fit on this batch, as fit sees it
+                return tf.nest.map_structure(np.asarray, model.train_function(iter([batch])))
+            start = time.perf_counter()
+            fn()  # tracing and compilation
+            first = time.perf_counter() - start
+            fn()
+            before = rss_mb()
+            reset = reset_peak_rss()
+            fn()
+            steps[(key, config)] = fn
+            memory[(key, config)] = dict(peak_rss_mb=peak_rss_mb() if reset else None,
+                                         rss_before_mb=before, first_call_seconds=first,
+                                         batch_size=setup.batch_size)
+    for (key, config), timing in interleaved(steps, repeats, warm=False).items():
+        rows.append(dict(section="pipeline", case=case, method=key, config=config,
+                         variant=f"{key}: {CONFIGS[config]['label']}",
+                         measure="training step", setting="default",
+                         **timing, **memory[(key, config)]))
+    configure("float32", "auto")
     return rows
 
 

@@ -1,7 +1,7 @@
 """The benchmark suite (issue 11): every peer measured in the same run, reported as ratios.
 
-    python benchmarks/run.py [--quick] [--sections warp,cost_volume,steps,inference,hd95]
-                             [--out results/benchmarks] [--repeats N]
+    python benchmarks/run.py [--quick] [--sections warp,cost_volume,steps,pipeline,inference,hd95]
+                             [--out results/benchmarks] [--repeats N] [--data-root DIR]
 
 Writes ``<out>/<host kind>/{quick,full}.md`` and ``.csv`` (host kind e.g.
 ``cpu-2cores-amd-epyc``) with the commit (``dirty`` when the working tree has changes), the
@@ -21,6 +21,13 @@ Sections:
   forward+backward, warp and loss, with the peak resident memory, for each configuration
   against the float32, no-XLA baseline (one process per network; the full run adds the
   pyramid's step at its quick size 32^3);
+* ``pipeline``: every reproduction through its own runner (``regseg.training.runner.prepare``
+  and ``Method.training_setup``) at its quick preset, on its data (``--data-root``, default
+  ``$REGSEG_DATA_ROOT``, else ``../shared/data`` beside the repository; without data the runner's
+  demo): the training step of its networks per configuration, the input pipeline's seconds per
+  batch against it (the headroom: > 1 and the input never stalls training), the time to read and
+  preprocess a subject from NIfTI against reading it back from the preprocessing cache, and the
+  runner's one-off load and check of every subject;
 * ``inference``: U-ReSNet at the paper's 160x176x208 and the pyramid at 64^3 beside the paper's
   4.83 s CPU / 0.31 s GPU per pair;
 * ``hd95``: the evaluation's HD95 against the pooled full-volume HD95 it replaced.
@@ -51,7 +58,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import cases  # noqa: E402
 
-SECTIONS = ("warp", "cost_volume", "steps", "inference", "hd95")
+SECTIONS = ("warp", "cost_volume", "steps", "pipeline", "inference", "hd95")
 
 #: what each mode measures: steps / inference map a model to the configurations measured side
 #: by side in its worker (cases.CONFIGS) and to the process-wide settings measured in workers of
@@ -63,6 +70,16 @@ PLANS = {
                                                   "bf16_warp_xla")),
                          "registration_only": dict(configs=("baseline", "warp_xla", "bf16",
                                                             "bf16_warp_xla"))},
+                  pipeline=[dict(reproduction="ureSnet", methods=("ureSnet",),
+                                 configs=("warp_xla",)),
+                            dict(reproduction="pyramid", methods=("pyramid",),
+                                 configs=("baseline", "warp_xla", "bf16_warp_xla"), repeats=3),
+                            dict(reproduction="deepatlas", methods=("semi_seg_n5", "semi_reg_n5"),
+                                 configs=("baseline", "warp_xla", "bf16_warp_xla")),
+                            dict(reproduction="diffeomorphic_unet", methods=("a1e-5",),
+                                 configs=("baseline", "warp_xla")),
+                            dict(reproduction="cooperating", methods=("cooperating",),
+                                 configs=("baseline", "warp_xla", "bf16_warp_xla"))],
                   inference={"ureSnet": dict(configs=("baseline", "warp_xla", "bf16_warp_xla")),
                              "pyramid": dict(configs=("baseline", "warp_xla", "bf16_warp_xla"),
                                              repeats=2)},
@@ -77,6 +94,16 @@ PLANS = {
                                                   settings=("inter_op_1", "onednn_off")),
                         "pyramid": dict(configs=("baseline", "warp_xla", "bf16",
                                                  "bf16_warp_xla"))},
+                 pipeline=[dict(reproduction="ureSnet", methods=("ureSnet", "registration_only"),
+                                configs=("baseline", "warp_xla", "bf16_warp_xla")),
+                           dict(reproduction="pyramid", methods=("pyramid",),
+                                configs=("baseline", "warp_xla", "bf16", "bf16_warp_xla")),
+                           dict(reproduction="deepatlas", methods=("semi_seg_n5", "semi_reg_n5"),
+                                configs=("baseline", "warp_xla", "bf16", "bf16_warp_xla")),
+                           dict(reproduction="diffeomorphic_unet", methods=("a1e-5",),
+                                configs=("baseline", "warp_xla", "bf16_warp_xla")),
+                           dict(reproduction="cooperating", methods=("cooperating",),
+                                configs=("baseline", "warp_xla", "bf16", "bf16_warp_xla"))],
                  inference={"ureSnet": dict(configs=("baseline", "warp_xla", "bf16",
                                                      "bf16_warp_xla")),
                             "pyramid": dict(configs=("baseline", "warp_xla", "bf16",
@@ -157,17 +184,31 @@ def run_worker(job: dict, timeout: float = 1800) -> list:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return [dict(section=job["kind"], case=job["model"], variant=", ".join(job["configs"]),
+        return [dict(section=job["kind"], case=_job_name(job), variant=", ".join(job["configs"]),
                      measure="error", note=f"timed out after {timeout:.0f} s")]
     for line in proc.stdout.splitlines():
         if line.startswith("BENCHMARK-ROWS "):
             return json.loads(line[len("BENCHMARK-ROWS "):])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return [dict(section=job["kind"], case=job["model"], variant=", ".join(job["configs"]),
+    return [dict(section=job["kind"], case=_job_name(job), variant=", ".join(job["configs"]),
                  measure="error", note=" | ".join(tail))]
 
 
-def collect(sections, plan, repeats, log=print, explicit_repeats=False) -> list:
+def _job_name(job: dict) -> str:
+    return job.get("model") or f"{job.get('reproduction')} {job.get('preset', '')}".strip()
+
+
+def default_data_root() -> str | None:
+    """``$REGSEG_DATA_ROOT``, else ``../shared/data`` beside the repository if it exists."""
+    root = os.environ.get("REGSEG_DATA_ROOT")
+    if root:
+        return root
+    shared = ROOT.parent / "shared" / "data"
+    return str(shared) if shared.is_dir() else None
+
+
+def collect(sections, plan, repeats, log=print, explicit_repeats=False,
+            data_root=None) -> list:
     rows = []
     if "warp" in sections:
         log("warp ...")
@@ -190,6 +231,16 @@ def collect(sections, plan, repeats, log=print, explicit_repeats=False) -> list:
                 if shape:  # tests: small sizes
                     job["shape"] = list(shape)
                 rows += run_worker(job)
+    if "pipeline" in sections:
+        for spec in plan.get("pipeline", ()):
+            job = dict(kind="runner", preset=spec.get("preset", "quick"),
+                       reproduction=spec["reproduction"], methods=list(spec["methods"]),
+                       configs=list(spec["configs"]), repeats=spec.get("repeats", repeats),
+                       batches=spec.get("batches", 16), data_root=data_root,
+                       args=list(spec.get("args", ())))
+            log(f"pipeline: {spec['reproduction']} {job['preset']}, "
+                f"{', '.join(job['methods'])}: {', '.join(job['configs'])} ...")
+            rows += run_worker(job)
     if "hd95" in sections:
         log("hd95 ...")
         rows += cases.hd95_rows(plan["hd95_shape"], repeats)
@@ -236,11 +287,17 @@ def add_ratios(rows) -> None:
                 r["before_over_this"] = before / seconds
             if ref:
                 r["reference_over_this"] = ref / seconds
-        elif sec in ("step", "inference"):
+        elif sec in ("step", "inference", "pipeline"):
             base = lookup(sec, case, measure, lambda q: q.get("config") == "baseline"
-                          and q.get("setting", "default") == "default")
-            if base:
+                          and q.get("setting", "default") == "default"
+                          and q.get("method") == r.get("method"))
+            if base and r.get("config"):
                 r["baseline_over_this"] = base / seconds
+            if sec == "pipeline" and measure == "training step":
+                batch = lookup(sec, case, "seconds per batch",
+                               lambda q: q.get("method") == r.get("method"))
+                if batch:
+                    r["pipeline_headroom"] = seconds / batch
         elif sec == "hd95":
             old = lookup(sec, case, measure, lambda q: q["variant"].startswith("pooled"))
             if old:
@@ -252,7 +309,8 @@ def add_ratios(rows) -> None:
 CSV_COLUMNS = ["section", "case", "variant", "config", "setting", "measure", "seconds",
                "median_seconds",
                "torch_over_this", "scipy_over_this", "before_over_this", "reference_over_this",
-               "baseline_over_this", "former_over_this", "max_abs_diff_vs_scipy", "max_abs_diff",
+               "baseline_over_this", "former_over_this", "pipeline_headroom",
+               "max_abs_diff_vs_scipy", "max_abs_diff",
                "peak_rss_mb", "rss_before_mb", "first_call_seconds", "paper_cpu_seconds",
                "paper_gpu_seconds", "parameters", "value", "note"]
 
@@ -320,6 +378,21 @@ def headline(rows) -> list:
                        f"vs float32 no-XLA baseline {_s(base['seconds'])}: "
                        f"**{_x(default.get('baseline_over_this'))}**; fastest measured: "
                        f"{best['variant']} ({_x(best.get('baseline_over_this'))})")
+    summary = pipeline_summary(rows)
+    headrooms = [(r["pipeline_headroom"], case, r["variant"].partition(": ")[0])
+                 for case, entry in summary.items() for r in entry["steps"]
+                 if r.get("config") == "warp_xla" and r.get("pipeline_headroom")]
+    if headrooms:
+        low = min(headrooms)
+        out.append(f"- input pipeline against the training step (suite default), every "
+                   f"reproduction's quick preset: headroom ≥ **{low[0]:.0f}×** (lowest: "
+                   f"{low[1]}, {low[2]}); the input never stalls training")
+    caches = [(e["nifti"]["seconds"] / e["cache"]["seconds"], case)
+              for case, e in summary.items() if e.get("nifti") and e.get("cache")]
+    if caches:
+        out.append(f"- preprocessing cache: a subject read back from it "
+                   f"{min(caches)[0]:.0f}–{max(caches)[0]:.0f}× faster than read and "
+                   f"preprocessed from NIfTI")
     r = _get(rows, section="inference", case="pyramid 64x64x64, batch 1", config="warp_xla",
              setting="default")
     if r.get("seconds"):
@@ -327,6 +400,70 @@ def headline(rows) -> list:
                    f"(suite default) beside the paper's {cases.PYRAMID_PAPER_SECONDS['CPU']} s CPU "
                    f"/ {cases.PYRAMID_PAPER_SECONDS['GPU']} s GPU")
     return out
+
+
+def pipeline_summary(rows) -> dict:
+    """``{case: {"load": row, "nifti": row, "cache": row, "steps": [rows]}}`` of the pipeline
+    section (steps: the training-step rows, each with its ``pipeline_headroom``)."""
+    out = {}
+    for r in rows:
+        if r.get("section") != "pipeline" or r.get("measure") == "error":
+            continue
+        entry = out.setdefault(r["case"], {"steps": []})
+        if r["measure"] == "training step":
+            entry["steps"].append(r)
+        elif r["variant"].startswith("runner: load"):
+            entry["load"] = r
+        elif r["variant"].startswith("from NIfTI"):
+            entry["nifti"] = r
+        elif r["variant"].startswith("from the preprocessing cache"):
+            entry["cache"] = r
+    return out
+
+
+def pipeline_markdown(rows) -> list:
+    summary = pipeline_summary(rows)
+    if not summary:
+        return []
+    lines = ["## Every reproduction's training step and input pipeline (quick presets, their "
+             "data, through the runner)", "",
+             "Each reproduction in a worker of its own: `regseg.training.runner.prepare` loads "
+             "and checks the quick preset's data as `run.py` does, and each method's "
+             "`training_setup` builds its training model and `tf.data` batches (the first "
+             "fold's). `step`: one step of `fit` on a fixed batch (the model's `train_function`, "
+             "under MirroredStrategy). `pipeline`: seconds per batch of the training `tf.data` "
+             "alone (16 batches after the first). `headroom` = step / pipeline: above 1 the "
+             "input pipeline produces batches faster than the step consumes them (with "
+             "prefetching it then never stalls training). `baseline/this`: the float32, no-XLA "
+             "step / this configuration's. DeepAtlas: `semi_seg_n5` and `semi_reg_n5` are the "
+             "two alternating phases of DA (segmentation network with the anatomy loss, "
+             "registration network); the cooperating networks: the joint stage (§2.2 step 3).",
+             ""]
+    for case, entry in summary.items():
+        lines += [f"### {case}", ""]
+        load, nifti, cache = entry.get("load"), entry.get("nifti"), entry.get("cache")
+        if load:
+            lines.append(f"Dataset: {load.get('dataset', '—')}  ")
+            lines.append(f"Runner's load and check of every subject (disk cache as the run "
+                         f"uses it): {_s(load.get('seconds'))}  ")
+        if nifti and cache:
+            lines.append(f"One subject, {nifti['measure'].split('(')[-1].rstrip(')')}: read and "
+                         f"preprocessed from NIfTI {_s(nifti['seconds'])}, from the "
+                         f"preprocessing cache {_s(cache['seconds'])} "
+                         f"(**{nifti['seconds'] / cache['seconds']:.0f}×** faster)  ")
+        lines.append("")
+        table = []
+        for r in entry["steps"]:
+            method, _, config = r["variant"].partition(": ")
+            batch = _get(rows, section="pipeline", case=case, method=r.get("method"),
+                         measure="seconds per batch")
+            table.append([method, config, _s(r.get("seconds")),
+                          _x(r.get("baseline_over_this")), _s(batch.get("seconds")),
+                          _x(r.get("pipeline_headroom")), _mib(r),
+                          _s(r.get("first_call_seconds"))])
+        lines += _table(["method", "configuration", "step", "baseline/this", "pipeline per batch",
+                         "headroom", "peak RSS (before)", "first call"], table) + [""]
+    return lines
 
 
 def markdown(rows, env, args, elapsed) -> str:
@@ -423,6 +560,8 @@ def markdown(rows, env, args, elapsed) -> str:
             lines += _table(["configuration", *measures, "baseline/this (step)",
                              "peak RSS (before)", "first call"], table) + [""]
 
+    lines += pipeline_markdown(rows)
+
     inf = [r for r in rows if r.get("section") == "inference" and r.get("measure") != "error"]
     if inf:
         lines += ["## Inference (one pair, batch 1, `tf.function`)", ""]
@@ -465,6 +604,9 @@ def parse_args(argv=None):
                         "the warp 11)")
     p.add_argument("--name", default=None,
                    help="file name stem (default: quick or full)")
+    p.add_argument("--data-root", default=default_data_root(),
+                   help="the pipeline section's data (default: $REGSEG_DATA_ROOT, else "
+                        "../shared/data beside the repository)")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
@@ -486,7 +628,7 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     rows = collect(args.sections, plan, repeats,
                    log=lambda m: print(f"[{time.time() - start:6.0f} s] {m}", flush=True),
-                   explicit_repeats=args.repeats is not None)
+                   explicit_repeats=args.repeats is not None, data_root=args.data_root)
     add_ratios(rows)
     cpu = cpu_info()
     gpu = gpu_name()

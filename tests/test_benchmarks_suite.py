@@ -103,3 +103,32 @@ def test_step_worker_in_a_fresh_process():
     step = by[("baseline", "training step (train_on_batch)")]
     assert step["baseline_over_this"] == 1.0
     assert step["peak_rss_mb"] is None or step["peak_rss_mb"] > 100
+
+
+def test_pipeline_section_through_the_runner(tmp_path, monkeypatch, ixi10_root):
+    """The pipeline section times a reproduction through its own runner on its data: the
+    headroom is the step over the pipeline's seconds per batch, the baseline ratio is per method,
+    and the preprocessing rows compare NIfTI with the cache (both computed here from the CSV)."""
+    monkeypatch.setenv("REGSEG_CACHE", str(tmp_path / "cache"))
+    plan = dict(repeats=1, pipeline=[dict(reproduction="diffeomorphic_unet", preset="smoke",
+                                          methods=("a1e-5",), configs=("baseline", "warp_xla"),
+                                          batches=2)])
+    monkeypatch.setitem(run.PLANS, "quick", plan)
+    assert run.main(["--quick", "--sections", "pipeline", "--out", str(tmp_path / "out"),
+                     "--data-root", str(ixi10_root.parent)]) == 0
+    folder = next((tmp_path / "out").iterdir())
+    rows = list(csv.DictReader(open(folder / "quick.csv")))
+    assert not [r for r in rows if r["measure"] == "error"], rows
+    steps = {r["config"]: r for r in rows if r["measure"] == "training step"}
+    batch = next(r for r in rows if r["measure"] == "seconds per batch")
+    assert set(steps) == {"baseline", "warp_xla"} and batch["method"] == "a1e-5"
+    for r in steps.values():
+        assert float(r["pipeline_headroom"]) == pytest.approx(
+            float(r["seconds"]) / float(batch["seconds"]), rel=1e-4)
+    assert float(steps["warp_xla"]["baseline_over_this"]) == pytest.approx(
+        float(steps["baseline"]["seconds"]) / float(steps["warp_xla"]["seconds"]), rel=1e-4)
+    per_subject = {r["variant"] for r in rows if r["measure"].startswith("seconds per subject")}
+    assert per_subject == {"from NIfTI (read, recipe)", "from the preprocessing cache"}
+    text = (folder / "quick.md").read_text()
+    assert "### diffeomorphic_unet smoke (ixi10)" in text and "Dataset: IXI" in text
+    assert "input pipeline against the training step" in text

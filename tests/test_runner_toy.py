@@ -218,3 +218,37 @@ def test_a_dataset_that_needs_a_root_says_so(tmp_path, monkeypatch):
     ctx = R.RunContext(repro, repro.parser().parse_args(["--dataset", "mine"]), repro.presets["smoke"])
     with pytest.raises(R.UsageError, match="give --data-root X"):
         R.resolve_data(repro, ctx)
+
+
+# ------------------------------------------------------------- the step as benchmarks time it
+def test_training_setup_is_the_step_fit_runs(tmp_path):
+    """``prepare`` + ``training_setup`` (what ``benchmarks/run.py`` times) give the model and
+    batches ``fit`` trains: one step of its ``train_function`` on the first batch ends with the
+    weights that ``fit`` writes after its only step (1 epoch of 1 batch of all 6 pairs)."""
+    from regseg.training.fit import FINAL_WEIGHTS
+
+    args = ["--output-dir", str(tmp_path / "run"), "--results-dir", str(tmp_path / "results"),
+            "--epochs", "1", "--batch-size", "6", "--seed", "3", "--no-cache"]
+    ctx, wanted = R.prepare(Toy(), args)
+    assert wanted == ["toy"] and ctx.strategy is not None and ctx.data_check_seconds > 0
+    assert not (tmp_path / "run" / "toy").exists()  # no run folder (the toy data only)
+    method = ToyNet()
+    setup = method.training_setup(ctx)
+    assert setup.batch_size == 6
+    inputs, targets = next(iter(setup.dataset))
+    assert inputs["pair"].shape == (6, 16, 16, 16, 2)
+    setup.model.make_train_function()
+    setup.model.train_function(iter([(inputs, targets)]))
+    stepped = [np.asarray(w) for w in setup.model.weights]
+
+    method.fit(ctx, tmp_path / "run" / "toy")
+    trained, _ = method.build(method.model_config(ctx))
+    trained.load_weights(tmp_path / "run" / "toy" / FINAL_WEIGHTS)
+    assert any(np.abs(w).max() > 0 for w in stepped)            # the step moved the weights
+    for a, b in zip(stepped, trained.weights):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_a_method_without_a_model_has_no_training_setup():
+    with pytest.raises(NotImplementedError, match="identity trains no model"):
+        Identity().training_setup(None)

@@ -16,6 +16,8 @@ Per-fold results are merged by :func:`regseg.evaluation.comparison.merge_folds`.
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 from regseg.datasets.subjects import Splits, SubjectDataset
 
 __all__ = ["Fold", "kfold", "cross_validation_splits", "CrossValidationSplits",
-           "FoldRegistrars", "fit_folds", "fold_registrars", "epochs_run",
+           "FoldRegistrars", "fit_folds", "fold_context", "fold_registrars", "epochs_run",
            "METHOD_IN_FOLD", "FOLD_IN_METHOD"]
 
 #: run-folder layouts of :func:`fit_folds` (relative to the parent of the method's run folder):
@@ -191,17 +193,29 @@ def fit_folds(base_fit: Callable, ctx, run_dir, folds: Sequence | None = None, *
     names = list(names) if names is not None else list(range(1, len(folds) + 1))
     if len(names) != len(folds):
         raise ValueError(f"{len(names)} fold names for {len(folds)} folds")
-    whole, results, folders = ctx.splits, [], []
-    try:
-        for i, (name, fold) in enumerate(zip(names, folds), 1):
-            ctx.fold = fold
-            if isinstance(fold, Splits):
-                ctx.splits = fold
+    results, folders = [], []
+    for i, (name, fold) in enumerate(zip(names, folds), 1):
+        with fold_context(ctx, fold):
             folder = run_dir.parent / layout.format(name=name, method=run_dir.name)
             print(f"--- {run_dir.name}: fold {name} ({i}/{len(folds)}): {describe(fold)}",
                   flush=True)
             results.append(base_fit(ctx, folder))
             folders.append(folder)
-    finally:
-        ctx.splits, ctx.fold = whole, None
     return FoldRegistrars(results, names, folders)
+
+
+@contextlib.contextmanager
+def fold_context(ctx, fold):
+    """Inside the block ``ctx.fold`` is ``fold`` and, when ``fold`` is a :class:`Splits`,
+    ``ctx.splits`` is it too; both are restored afterwards (``fold=None``: no change)."""
+    if fold is None:
+        yield ctx
+        return
+    whole, previous = ctx.splits, ctx.fold
+    try:
+        ctx.fold = fold
+        if isinstance(fold, Splits):
+            ctx.splits = fold
+        yield ctx
+    finally:
+        ctx.splits, ctx.fold = whole, previous

@@ -122,6 +122,8 @@ class RunContext:
     start: float = field(default_factory=time.time)
     #: the cross-validation fold being trained (:func:`regseg.training.folds.fit_folds`), else None
     fold: object = None
+    #: seconds :func:`validate_data` spent reading and preprocessing every subject
+    data_check_seconds: float = 0.0
 
     @property
     def seed(self) -> int:
@@ -154,6 +156,24 @@ class TrainingPlan:
     extra_callbacks: tuple = ()
 
 
+@dataclass
+class TrainingSetup:
+    """:meth:`Method.training_setup`: a method's training step as :meth:`Method.fit` runs it.
+
+    Attributes:
+        model: the compiled Keras training model (``train_on_batch`` takes one element of
+            ``dataset``).
+        dataset: ``tf.data`` of the training batches from the first epoch (global batches).
+        batch_size: pairs (or samples) per global batch.
+        description: what is trained, e.g. ``"fold 1 of 2"`` or ``"joint stage"``.
+    """
+
+    model: object
+    dataset: object
+    batch_size: int
+    description: str = ""
+
+
 class Method:
     """One row of a paper's tables: a registration method, trained or not.
 
@@ -175,6 +195,18 @@ class Method:
     def load(self, run_dir: Path, manifest: dict):
         """A registrar from a finished run folder (``python -m regseg register``)."""
         raise NotImplementedError(f"{self.key} has no trained model to load")
+
+    def training_setup(self, ctx: RunContext) -> "TrainingSetup":
+        """What :meth:`fit` trains, built but not trained: the compiled training model (inside
+        ``ctx.strategy``, with the run's XLA setting) and its training batches, of the first
+        fold where :meth:`fit` trains one network per fold. Nothing is written.
+
+        ``benchmarks/run.py`` times the input pipeline and the training step from it.
+
+        Raises:
+            NotImplementedError: a method without a trained model.
+        """
+        raise NotImplementedError(f"{self.key} trains no model")
 
 
 class IdentityMethod(Method):
@@ -226,6 +258,31 @@ class KerasMethod(Method):
     def training_plan(self, ctx: RunContext, config: dict) -> TrainingPlan:
         """Default: :func:`random_pairs_plan`."""
         return random_pairs_plan(ctx, self.training_mapping(config), self.schedule(ctx))
+
+    def training_folds(self, ctx: RunContext):
+        """The folds :meth:`fit` trains one network each on (:func:`~regseg.training.folds.fit_folds`);
+        default ``ctx.splits.folds``, None or empty for a single split."""
+        return getattr(ctx.splits, "folds", None)
+
+    def training_setup(self, ctx: RunContext) -> TrainingSetup:
+        """See :meth:`Method.training_setup` (the first fold's network and batches)."""
+        from regseg.training.folds import fold_context
+        from regseg.training.performance import apply_to_model
+
+        import keras
+
+        folds = self.training_folds(ctx)
+        with fold_context(ctx, folds[0] if folds else None):
+            config = self.model_config(ctx)
+            keras.utils.set_random_seed(ctx.seed)  # as fit: the same initial weights
+            with ctx.strategy.scope():
+                train_model, _ = self.build(config)
+                self.compile(train_model, config, ctx)
+            apply_to_model(train_model)
+            plan = self.training_plan(ctx, config)
+            dataset = plan.make_train(0)
+        return TrainingSetup(train_model, dataset, int(ctx.preset.batch_size),
+                             f"fold 1 of {len(folds)}" if folds else "")
 
     def fit(self, ctx: RunContext, run_dir: Path):
         import keras
@@ -649,14 +706,20 @@ def _check_settings(repro: Reproduction, args, preset: Preset) -> list[str]:
     return wanted
 
 
-def run(repro: Reproduction, argv=None) -> RunContext:
-    """Run a reproduction end to end (see the module docstring); raises on any error.
+def prepare(repro: Reproduction, argv=None) -> tuple[RunContext, list[str]]:
+    """The first half of :func:`run`: parse ``argv``, set precision and XLA, resolve, load and
+    check the data, make the strategy; nothing is written and no run folder is locked.
+
+    ``benchmarks/run.py`` measures a reproduction's input pipeline and training step from here
+    (:meth:`Method.training_setup`).
 
     Returns:
-        The :class:`RunContext` (its ``results_dir`` holds the tables).
+        ``(ctx, wanted)``: the :class:`RunContext` (``ctx.strategy`` set; ``ctx.out_dir`` and
+        ``ctx.results_dir`` the default folders) and the trained methods ``--methods`` selects.
+        With ``--describe`` the model summary is printed and ``wanted`` is empty.
     Raises:
-        UsageError: bad command-line values; FileExistsError: a run folder holds a run and
-        ``--resume`` was not given; DataError / FileNotFoundError: data problems (named).
+        UsageError: bad command-line values; DataError / FileNotFoundError: data problems
+        (named).
     """
     args = repro.parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -671,7 +734,7 @@ def run(repro: Reproduction, argv=None) -> RunContext:
                      verbose=1 if sys.stdout.isatty() else 2)
     if args.describe:
         repro.describe(preset, args)
-        return ctx
+        return ctx, []
     wanted = _check_settings(repro, args, preset)
     if args.spacing_range is not None:
         import regseg.datasets.io as io_module
@@ -690,7 +753,9 @@ def run(repro: Reproduction, argv=None) -> RunContext:
     resolve_data(repro, ctx)
     if not args.no_cache:
         ctx.splits.use_disk_cache(cache_dir() / "preprocessed")
+    start = time.time()
     validate_data(ctx)
+    ctx.data_check_seconds = time.time() - start
     tag = f"{preset.name}-{ctx.dataset_key}"
     ctx.out_dir = Path(args.output_dir or REPO_ROOT / "runs" / repro.key / tag)
     ctx.results_dir = Path(args.results_dir or REPO_ROOT / "results" / repro.key / tag)
@@ -702,6 +767,22 @@ def run(repro: Reproduction, argv=None) -> RunContext:
     print(f"dataset: {ctx.dataset_name}\npreset: {preset.name} ({preset.description})\n"
           f"strategy: {describe_strategy(ctx.strategy)}\noutput: {ctx.out_dir}\n"
           f"results: {ctx.results_dir}", flush=True)
+    return ctx, wanted
+
+
+def run(repro: Reproduction, argv=None) -> RunContext:
+    """Run a reproduction end to end (see the module docstring); raises on any error.
+
+    Returns:
+        The :class:`RunContext` (its ``results_dir`` holds the tables).
+    Raises:
+        UsageError: bad command-line values; FileExistsError: a run folder holds a run and
+        ``--resume`` was not given; DataError / FileNotFoundError: data problems (named).
+    """
+    ctx, wanted = prepare(repro, argv)
+    if ctx.args.describe:
+        return ctx
+    args = ctx.args
 
     from regseg.fileio import RunLock, check_writable
     from regseg.training.distribute import worker_dir

@@ -289,19 +289,39 @@ def train_model(ctx, run_dir: Path, config, stages, make_train, steps_per_epoch:
     Raises:
         ValueError: a stage not a multiple of ``steps_per_epoch``.
     """
-    import keras
-
     from regseg.fileio import atomic_path
-    from regseg.training.alternating import AlternatingModel, Phase
     from regseg.training.fit import fit
-
-    from .model import build_registor, build_segmentor, stage_losses
 
     stages = [(n, int(s)) for n, s in stages if s > 0]
     for name, steps in stages:
         if steps % steps_per_epoch:
             raise ValueError(f"stage {name}: {steps} steps is not a multiple of the "
                              f"{steps_per_epoch} steps per epoch")
+    lr = float(ctx.preset.learning_rate)
+    model, networks = build_stages(ctx, config, stages, init)
+    segmentor, registor = networks["segmentor"], networks.get("registor")
+    total = sum(s for _, s in stages)
+    settings = {**settings, "stages": stages, "learning_rate": lr, "seed": ctx.seed,
+                "model_config": config.to_dict()}
+    fit(model, make_train, run_dir, epochs=total // steps_per_epoch,
+        steps_per_epoch=steps_per_epoch, schedule=lambda epoch: lr, resume=ctx.args.resume,
+        verbose=ctx.verbose, settings=settings, allow_changes=ctx.args.resume_with_changes)
+    for name, net in networks.items():
+        with atomic_path(Path(run_dir) / f"{name}.weights.h5", suffix=".weights.h5") as tmp:
+            net.save_weights(tmp)
+    return Trained(segmentor, registor, config)
+
+
+def build_stages(ctx, config, stages, init: Path | None = None):
+    """``(model, networks)``: the compiled :class:`~regseg.training.alternating.AlternatingModel`
+    of ``stages`` (``[(phase, steps)]``, §2.2) inside ``ctx.strategy``, and ``{"segmentor",
+    "registor"}`` (the registor only where a stage trains it or ``init`` holds one)."""
+    import keras
+
+    from regseg.training.alternating import AlternatingModel, Phase
+
+    from .model import build_registor, build_segmentor, stage_losses
+
     lr = float(ctx.preset.learning_rate)
     keras.utils.set_random_seed(ctx.seed)
     needs_registor = any(n in ("registor", "joint") for n, _ in stages) or (
@@ -320,16 +340,7 @@ def train_model(ctx, run_dir: Path, config, stages, make_train, steps_per_epoch:
         networks = {"segmentor": segmentor, **({"registor": registor} if registor else {})}
         model = AlternatingModel(networks, phases)
         model.compile()
-    total = sum(s for _, s in stages)
-    settings = {**settings, "stages": stages, "learning_rate": lr, "seed": ctx.seed,
-                "model_config": config.to_dict()}
-    fit(model, make_train, run_dir, epochs=total // steps_per_epoch,
-        steps_per_epoch=steps_per_epoch, schedule=lambda epoch: lr, resume=ctx.args.resume,
-        verbose=ctx.verbose, settings=settings, allow_changes=ctx.args.resume_with_changes)
-    for name, net in networks.items():
-        with atomic_path(Path(run_dir) / f"{name}.weights.h5", suffix=".weights.h5") as tmp:
-            net.save_weights(tmp)
-    return Trained(segmentor, registor, config)
+    return model, networks
 
 
 def toy_config(ctx, lambda_p: float):
@@ -469,6 +480,34 @@ class PairsMethod(Method):
     def __init__(self, key, label, kind):
         self.key, self.label, self.kind = key, label, kind
 
+    @staticmethod
+    def _training_data(ctx, train, start_step: int):
+        p = ctx.preset
+        return pairs_training_dataset(train, ctx.seed, p.batch_size, p.pairs_crop_min,
+                                      p.pairs_intensity_shift, start_step)
+
+    def training_setup(self, ctx):
+        """See :meth:`Method.training_setup`: the first fold's model in its last stage (the
+        joint stage of the cooperating networks, §2.2 step 3; the segmentor's own otherwise),
+        with random weights.
+
+        Raises:
+            FileNotFoundError: the dataset has no paired images.
+        """
+        from regseg.training.performance import apply_to_model
+        from regseg.training.runner import TrainingSetup
+
+        data = ctx.splits
+        if data.pairs is None:
+            raise FileNotFoundError(f"{ctx.dataset_name}: no paired images in this dataset")
+        kind = "cooperating" if self.kind == "cooperating" else "segmentor"
+        stage = _stages_for(kind, (1, 1), 1)[-1]
+        model, _ = build_stages(ctx, pairs_config(ctx, self.kind), [stage])
+        apply_to_model(model)
+        held_out, train, _ = data.folds[0]
+        return TrainingSetup(model, self._training_data(ctx, train, 0), ctx.preset.batch_size,
+                             f"{stage[0]} stage, fold without {held_out}")
+
     def fit(self, ctx, run_dir):
         data, p = ctx.splits, ctx.preset
         if data.pairs is None:
@@ -484,8 +523,7 @@ class PairsMethod(Method):
             held_out, train, _ = ctx.fold
 
             def make(first_epoch):
-                return pairs_training_dataset(train, ctx.seed, p.batch_size, p.pairs_crop_min,
-                                              p.pairs_intensity_shift, first_epoch * spe)
+                return self._training_data(ctx, train, first_epoch * spe)
 
             settings = {"experiment": "pairs", "kind": self.kind, "held_out": held_out,
                         "train": train.subject_ids, "recipe": train.recipe.to_dict(),

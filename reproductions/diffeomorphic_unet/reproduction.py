@@ -303,6 +303,10 @@ class DiffUNetMethod(KerasMethod):
         return _atlas_plan(ctx, self, config, sub(fold.train), data.atlas,
                            sub(fold.validation), ctx.preset.epochs)
 
+    def training_folds(self, ctx):
+        """The atlas folds (:func:`atlas_data`; one fold without cross-validation)."""
+        return atlas_data(ctx).folds
+
     def fit(self, ctx, run_dir):
         """One network per fold (``fold<k>/`` under ``run_dir``, k from 0, when cross-validating)."""
         def fit_one(ctx, folder):
@@ -310,7 +314,7 @@ class DiffUNetMethod(KerasMethod):
             _fix_manifest(folder)
             return registrar
 
-        folds = atlas_data(ctx).folds
+        folds = self.training_folds(ctx)
         return fit_folds(fit_one, ctx, run_dir, folds, names=range(len(folds)),
                          layout=FOLD_IN_METHOD if len(folds) > 1 else "{method}",
                          describe=lambda f: f"{len(f.train)} training sources")
@@ -375,6 +379,21 @@ class LungPairMethod(DiffUNetMethod):
         validation = AugmentedSamples(data.followup, p.lung_validation_copies, ctx.seed + 1000,
                                       **copies)
         return _atlas_plan(ctx, self, config, sources, data.baseline, validation, p.lung_epochs)
+
+    def training_folds(self, ctx):
+        """None: one network, on the pair."""
+        return None
+
+    def training_setup(self, ctx):
+        """See :meth:`KerasMethod.training_setup`.
+
+        Raises:
+            FileNotFoundError: the lung CT pair is not under the data root.
+        """
+        self._lung = lung_data(ctx, ctx.preset.lung_cube)
+        if self._lung is None:
+            raise FileNotFoundError(f"{ctx.data_root}: the lung CT pair is not available")
+        return super().training_setup(ctx)
 
     def fit(self, ctx, run_dir):
         if not ctx.preset.lung_pair or ctx.args.no_lung_pair or ctx.preset.lung_epochs < 1:
