@@ -64,7 +64,7 @@ SECTIONS = ("warp", "cost_volume", "steps", "pipeline", "inference", "hd95")
 #: by side in its worker (cases.CONFIGS) and to the process-wide settings measured in workers of
 #: their own (cases.PROCESS_SETTINGS; the suite default configuration only)
 PLANS = {
-    "quick": dict(repeats=5, warp_repeats=7, warp_sizes=(64, 128), warp_batches=(1, 2),
+    "quick": dict(repeats=5, warp_repeats=5, warp_sizes=(64, 128), warp_batches=(1, 2),
                   cv_levels=(0, 1, 2, 3, 4),
                   steps={"ureSnet": dict(configs=("baseline", "warp_xla", "bf16",
                                                   "bf16_warp_xla")),
@@ -73,15 +73,15 @@ PLANS = {
                   pipeline=[dict(reproduction="ureSnet", methods=("ureSnet",),
                                  configs=("warp_xla",)),
                             dict(reproduction="pyramid", methods=("pyramid",),
-                                 configs=("baseline", "warp_xla", "bf16_warp_xla"), repeats=3),
+                                 configs=("warp_xla", "bf16_warp_xla"), repeats=3),
                             dict(reproduction="deepatlas", methods=("semi_seg_n5", "semi_reg_n5"),
-                                 configs=("baseline", "warp_xla", "bf16_warp_xla")),
+                                 configs=("warp_xla", "bf16_warp_xla")),
                             dict(reproduction="diffeomorphic_unet", methods=("a1e-5",),
                                  configs=("baseline", "warp_xla")),
                             dict(reproduction="cooperating", methods=("cooperating",),
-                                 configs=("baseline", "warp_xla", "bf16_warp_xla"))],
+                                 configs=("warp_xla", "bf16_warp_xla"))],
                   inference={"ureSnet": dict(configs=("baseline", "warp_xla", "bf16_warp_xla")),
-                             "pyramid": dict(configs=("baseline", "warp_xla", "bf16_warp_xla"),
+                             "pyramid": dict(configs=("warp_xla", "bf16_warp_xla"),
                                              repeats=2)},
                   hd95_shape=(96, 112, 128)),
     "full": dict(repeats=7, warp_repeats=11, warp_sizes=(64, 128), warp_batches=(1, 2),
@@ -293,6 +293,11 @@ def add_ratios(rows) -> None:
                           and q.get("method") == r.get("method"))
             if base and r.get("config"):
                 r["baseline_over_this"] = base / seconds
+            default = lookup(sec, case, measure, lambda q: q.get("config") == "warp_xla"
+                             and q.get("setting", "default") == "default"
+                             and q.get("method") == r.get("method"))
+            if default and r.get("config"):
+                r["default_over_this"] = default / seconds
             if sec == "pipeline" and measure == "training step":
                 batch = lookup(sec, case, "seconds per batch",
                                lambda q: q.get("method") == r.get("method"))
@@ -309,7 +314,8 @@ def add_ratios(rows) -> None:
 CSV_COLUMNS = ["section", "case", "variant", "config", "setting", "measure", "seconds",
                "median_seconds",
                "torch_over_this", "scipy_over_this", "before_over_this", "reference_over_this",
-               "baseline_over_this", "former_over_this", "pipeline_headroom",
+               "baseline_over_this", "default_over_this", "former_over_this",
+               "pipeline_headroom",
                "max_abs_diff_vs_scipy", "max_abs_diff",
                "peak_rss_mb", "rss_before_mb", "first_call_seconds", "paper_cpu_seconds",
                "paper_gpu_seconds", "parameters", "value", "note"]
@@ -387,6 +393,12 @@ def headline(rows) -> list:
         out.append(f"- input pipeline against the training step (suite default), every "
                    f"reproduction's quick preset: headroom ≥ **{low[0]:.0f}×** (lowest: "
                    f"{low[1]}, {low[2]}); the input never stalls training")
+    bf16 = [(r["default_over_this"], case.split(" (")[0], r["variant"].partition(": ")[0])
+            for case, entry in summary.items() for r in entry["steps"]
+            if r.get("config") == "bf16_warp_xla" and r.get("default_over_this")]
+    if bf16:
+        out.append("- mixed bfloat16 against the suite default (float32), training step at the "
+                   "quick presets: " + ", ".join(f"{c} {m} {x:.2f}×" for x, c, m in bf16))
     caches = [(e["nifti"]["seconds"] / e["cache"]["seconds"], case)
               for case, e in summary.items() if e.get("nifti") and e.get("cache")]
     if caches:
@@ -435,7 +447,8 @@ def pipeline_markdown(rows) -> list:
              "alone (16 batches after the first). `headroom` = step / pipeline: above 1 the "
              "input pipeline produces batches faster than the step consumes them (with "
              "prefetching it then never stalls training). `baseline/this`: the float32, no-XLA "
-             "step / this configuration's. DeepAtlas: `semi_seg_n5` and `semi_reg_n5` are the "
+             "step / this configuration's (measured in the full run; `--quick` measures the "
+             "suite default and bfloat16 here), `default/this`: the suite default's. DeepAtlas: `semi_seg_n5` and `semi_reg_n5` are the "
              "two alternating phases of DA (segmentation network with the anatomy loss, "
              "registration network); the cooperating networks: the joint stage (§2.2 step 3).",
              ""]
@@ -458,10 +471,12 @@ def pipeline_markdown(rows) -> list:
             batch = _get(rows, section="pipeline", case=case, method=r.get("method"),
                          measure="seconds per batch")
             table.append([method, config, _s(r.get("seconds")),
-                          _x(r.get("baseline_over_this")), _s(batch.get("seconds")),
+                          _x(r.get("baseline_over_this")), _x(r.get("default_over_this")),
+                          _s(batch.get("seconds")),
                           _x(r.get("pipeline_headroom")), _mib(r),
                           _s(r.get("first_call_seconds"))])
-        lines += _table(["method", "configuration", "step", "baseline/this", "pipeline per batch",
+        lines += _table(["method", "configuration", "step", "baseline/this", "default/this",
+                         "pipeline per batch",
                          "headroom", "peak RSS (before)", "first call"], table) + [""]
     return lines
 
@@ -570,9 +585,10 @@ def markdown(rows, env, args, elapsed) -> str:
             paper = (f"{r['paper_cpu_seconds']} s CPU / {r['paper_gpu_seconds']} s GPU"
                      if r.get("paper_cpu_seconds") else "—")
             table.append([r["case"], r["variant"], _s(r["seconds"]),
-                          _x(r.get("baseline_over_this")), _s(r.get("first_call_seconds")),
+                          _x(r.get("baseline_over_this")), _x(r.get("default_over_this")),
+                          _s(r.get("first_call_seconds")),
                           _mib(r), paper])
-        lines += _table(["model", "configuration", "seconds", "baseline/this",
+        lines += _table(["model", "configuration", "seconds", "baseline/this", "default/this",
                          "first call (tracing, compilation)", "peak RSS (before)", "paper"],
                         table) + [""]
         lines += ["The paper's times (Gunnarsson et al. 2020, Table 1) are per pair, prediction "
