@@ -161,8 +161,10 @@ class TrainingSetup:
     """:meth:`Method.training_setup`: a method's training step as :meth:`Method.fit` runs it.
 
     Attributes:
-        model: the compiled Keras training model (``train_on_batch`` takes one element of
-            ``dataset``).
+        model: the compiled Keras training model; ``model.make_train_function()`` then
+            ``model.train_function(iter([element]))`` runs one step of ``fit`` on one element
+            of ``dataset``, as ``fit`` receives it (``train_on_batch`` would wrap it as
+            ``(x, y, sample_weight)``, which the alternating models do not take).
         dataset: ``tf.data`` of the training batches from the first epoch (global batches).
         batch_size: pairs (or samples) per global batch.
         description: what is trained, e.g. ``"fold 1 of 2"`` or ``"joint stage"``.
