@@ -557,14 +557,12 @@ def _inference_rows(job):
 
 # ------------------------------------------------------- every reproduction, through its runner
 
-#: configurations -> ``training.performance.configure`` arguments (the runner's own switch)
-RUNNER_SETTINGS = {
-    "baseline": ("float32", "off"),
-    "warp_xla": ("float32", "auto"),
-    "step_xla": ("float32", "on"),
-    "bf16": ("mixed_bfloat16", "off"),
-    "bf16_warp_xla": ("mixed_bfloat16", "auto"),
-}
+def runner_settings(config: str) -> tuple[str, str]:
+    """A :data:`CONFIGS` entry as ``training.performance.configure``'s ``(precision,
+    jit_compile)``, the switch the runner itself uses (``--precision``, ``--jit-compile``)."""
+    c = CONFIGS[config]
+    jit = "on" if c["step_jit"] else ("off" if c["warp_jit"] is False else "auto")
+    return c["precision"], jit
 
 
 def _first_subject_dataset(splits):
@@ -652,7 +650,7 @@ def _runner_rows(job):
     for key in method_keys:
         method = methods[key]
         for config in job["configs"]:
-            configure(*RUNNER_SETTINGS[config])
+            configure(*runner_settings(config))
             setup = method.training_setup(ctx)
             iterator = iter(setup.dataset)
             batch = next(iterator)

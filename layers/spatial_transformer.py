@@ -385,10 +385,11 @@ def _sample_fused(image, grid, interpolation, padding, xla=False):
     the same clipped coordinates, fractions and weights; a corner outside the volume reads the
     edge value (``"border"``: a one-voxel symmetric pad, i.e. edge replication) or 0
     (``"zeros"``: one voxel of zeros before, two after, so that the reference sampler's
-    validity masks are the padding itself).
+    validity masks are the padding itself). NaN coordinates give NaN (:func:`_propagate_nan`,
+    with or without XLA; ``xla`` is passed on where the reference sampler takes over).
     """
     if interpolation != "linear":
-        return _sample_reference(image, grid, interpolation, padding)
+        return _sample_reference(image, grid, interpolation, padding, xla=xla)
     ndim = len(image.shape) - 2
     sizes = [int(s) for s in image.shape[1:-1]]
     channels = int(image.shape[-1])

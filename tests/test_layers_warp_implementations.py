@@ -298,3 +298,24 @@ def test_batch_of_two_with_a_smaller_output_grid_under_xla():
         expected = _scipy_warp(image, grid.astype(np.float64), 1, padding)
         got = warp(image, grid, padding=padding, implementation="fused", jit_compile=True)
         np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
+
+
+def test_fused_sampler_hands_the_xla_flag_to_the_reference_it_delegates_to(monkeypatch):
+    """Nearest interpolation in the fused sampler is the reference sampler's, with the NaN
+    handling of the caller's compilation (XLA: ``_propagate_nan``)."""
+    seen = []
+    real = st._sample_reference
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("xla"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(st, "_sample_reference", spy)
+    image = np.arange(24, dtype=np.float32).reshape(1, 4, 6, 1)
+    grid = np.stack(np.meshgrid(np.arange(4.0), np.arange(6.0), indexing="ij"), -1)[None]
+    grid = grid.astype(np.float32)
+    for xla in (True, False):
+        out = st._sample_fused(tf.constant(image), tf.constant(grid), "nearest", "border",
+                               xla=xla)
+        np.testing.assert_array_equal(np.asarray(out), image)  # identity grid: the image
+    assert seen == [True, False]
